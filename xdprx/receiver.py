@@ -1,0 +1,213 @@
+"""xdprx.Receiver: the in-process receive API.
+
+    with xdprx.Receiver("eth0", groups=["239.1.2.3:5000"]) as rx:
+        for batch in rx:
+            for pkt in batch:
+                handle(pkt.payload)      # memoryview into the UMEM, zero-copy
+
+A Batch's frames belong to the application until the next recv() (or
+batch.release()); then they return to the pool in bulk. Its arrays
+(offsets, lengths, seqs, groups) are views of buffers reused by the next
+batch: copy what must outlive it.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno as E
+import os
+import select
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from . import bulk, fanout, native
+from .bpfprog import XdpProgram
+from .errors import ConfigError, XdprxError
+from .groups import Group, group_table, parse_groups
+from .membership import Membership
+from .umem import Umem
+from .xsk import XskSocket
+
+
+@dataclass
+class Packet:
+    payload: memoryview
+    seq: int
+    group: Group
+    frame: int
+
+
+class Batch:
+    """Up to batch_size packets; zero-copy views into the UMEM."""
+
+    def __init__(self, rx: "Receiver", n: int, ts_ns: int) -> None:
+        self._rx = rx
+        self.umem: np.ndarray = rx.umem.area
+        self.frames: np.ndarray = rx._frame[:n]
+        self.offsets: np.ndarray = rx._off[:n]
+        self.lengths: np.ndarray = rx._len[:n]
+        self.seqs: np.ndarray = rx._seq[:n]
+        self.groups_idx: np.ndarray = rx._sub[:n]
+        self.timestamp_ns = ts_ns
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self) -> Iterator[Packet]:
+        mv = self._rx._mv
+        groups = self._rx.groups
+        for i in range(len(self.frames)):
+            off = int(self.offsets[i])
+            yield Packet(mv[off: off + int(self.lengths[i])], int(self.seqs[i]),
+                         groups[self.groups_idx[i]], int(self.frames[i]))
+
+    def release(self) -> None:
+        """Give the frames back now (otherwise the next recv() does)."""
+        self._rx._release_held()
+
+
+class Receiver:
+    """Receive subscribed multicast UDP on one interface queue via AF_XDP."""
+
+    def __init__(self, ifname: str, groups: Iterable[str | Group], queue: int = 0,
+                 mode: str = "auto", frames: int = 4096, frame_size: int = 2048,
+                 headroom: int = 0, batch_size: int = 256, rx_size: int = 2048,
+                 copy: str = "auto", join: bool = True, spin: int = 64,
+                 refill_min: int = 16) -> None:
+        self.groups = parse_groups(groups)
+        if mode not in ("auto", "native", "skb"):
+            raise ConfigError(f"unknown mode {mode!r}", remedy="use auto, native or skb")
+        if not 1 <= batch_size <= 65536:
+            raise ConfigError(f"batch size {batch_size} out of range", remedy="use 16..4096")
+        if queue < 0 or queue > 255:
+            raise ConfigError(f"queue {queue} out of range", remedy="use 0..255")
+        fanout.check_headroom(headroom)
+        self.ifname = ifname
+        self.ifindex = native.ifindex(ifname)
+        if not self.ifindex:
+            raise ConfigError(f"unknown interface {ifname!r} in this network namespace", E.ENODEV,
+                              "check the name with `ip link` (or enter its namespace first)")
+        self.queue = queue
+        self.batch_size = batch_size
+        self.spin = spin
+        self.refill_min = refill_min
+        self._held = 0
+        self._closed = False
+        self._stack = contextlib.ExitStack()
+        try:
+            self.prog = XdpProgram()
+            self._stack.callback(self.prog.close)
+            self.umem = Umem(frames, frame_size, headroom, fill_size=min(frames, 4096))
+            self._stack.callback(self.umem.close)
+            # runs after the socket is gone: what the kernel held is ours again
+            self._stack.callback(self.umem.pool.reclaim_kernel)
+            self.xsk = XskSocket(ifname, queue, self.umem, rx_size, copy)
+            self._stack.callback(self.xsk.close)   # LIFO: socket before umem
+            self.mode = self.prog.attach(ifname, self.ifindex, mode)
+            self._stack.callback(self.prog.detach)
+            self.prog.set_socket(queue, self.xsk.fd)
+            for i, g in enumerate(self.groups):
+                self.prog.subscribe(g.addr, g.port, i)
+            if join:
+                m = Membership(self.ifindex, self.groups)
+                self._stack.callback(m.close)
+            self.zerocopy = self.xsk.zerocopy
+        except BaseException:
+            self._stack.close()
+            raise
+        self._g_addr, self._g_port = group_table(self.groups)
+        self._g_seq = np.zeros(len(self._g_port), np.uint64)
+        self._frame = np.zeros(batch_size, np.uint64)
+        self._off = np.zeros(batch_size, np.uint64)
+        self._len = np.zeros(batch_size, np.uint32)
+        self._seq = np.zeros(batch_size, np.uint64)
+        self._sub = np.zeros(batch_size, np.int32)
+        self.counters = np.zeros(bulk.N_STATS, np.int64)
+        self._mv = memoryview(self.umem.area)
+        self._poll = select.poll()
+        self._poll.register(self.xsk.fd, select.POLLIN)
+        self._args = self._kernel_args()
+        bulk.rx_burst(*self._args, 0, 1)  # prime the FILL ring before traffic
+
+    def _kernel_args(self) -> tuple:
+        u, r, f, p = self.umem, self.xsk.rx, self.umem.fill, self.umem.pool
+        return (r.prod, r.cons, r.slots, r.local,
+                f.prod, f.cons, f.slots, f.local, f.flags,
+                p.free, p.top, p.state, p.shift,
+                u.area, self._g_addr, self._g_port, self._g_seq,
+                self._frame, self._off, self._len, self._seq, self._sub,
+                self.counters)
+
+    # ---- receive ------------------------------------------------------------
+    def _release_held(self) -> None:
+        if self._held:
+            p = self.umem.pool
+            bulk.release(self._frame, self._held, p.free, p.top, p.state, p.shift, self.counters)
+            self._held = 0
+
+    def recv(self, timeout: float | None = None) -> Batch:
+        """The next batch; empty if @timeout (seconds) passes first. Spins a
+        little, then blocks in poll(): a busy receiver that never sleeps can
+        starve the kernel's own receive work on the same CPU."""
+        if self._closed:
+            raise XdprxError("receiver is closed")
+        self._release_held()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        spins = 0
+        while True:
+            now = time.monotonic_ns()
+            n = bulk.rx_burst(*self._args, now, self.refill_min)
+            if n:
+                self._held = n
+                return Batch(self, n, now)
+            if spins < self.spin:
+                spins += 1
+                continue
+            wait_ms = -1 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
+            if deadline is not None and wait_ms == 0 and spins > self.spin:
+                return Batch(self, 0, now)
+            self._poll.poll(wait_ms if wait_ms >= 0 else 1000)
+            spins += 1
+
+    def __iter__(self) -> Iterator[Batch]:
+        while not self._closed:
+            b = self.recv(timeout=0.5)
+            if len(b):
+                yield b
+
+    # ---- observability ------------------------------------------------------
+    def stats(self) -> dict:
+        c = {name: int(self.counters[i]) for i, name in enumerate(bulk.STAT_NAMES)}
+        pool = self.umem.pool.census()
+        xs = self.xsk.statistics()
+        return {"interface": self.ifname, "queue": self.queue, "mode": self.mode,
+                "zerocopy": self.zerocopy, "groups": [str(g) for g in self.groups],
+                "receiver": c, "xdp": self.prog.counters(), "xsk": xs,
+                "drops": xs["rx_dropped"] + xs["rx_ring_full"],
+                "frames": dict(pool, total=self.umem.pool.total)}
+
+    def describe(self) -> str:
+        return (f"{self.ifname} queue {self.queue}: XDP {self.mode} mode, AF_XDP "
+                f"{'zero-copy' if self.zerocopy else 'copy'} mode, {self.umem.frames} frames "
+                f"of {self.umem.frame_size} B, groups {', '.join(map(str, self.groups))}")
+
+    # ---- teardown -----------------------------------------------------------
+    def close(self) -> None:
+        """Detach, leave the groups, return every frame, free the UMEM."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release_held()
+        self._stack.close()
+
+    def __enter__(self) -> "Receiver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()

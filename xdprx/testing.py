@@ -1,0 +1,215 @@
+"""Test helpers shipped with xdprx (like pyroute2's fixtures): namespaces,
+veth pairs, and a bounded traffic generator. Used by tests/, benchmarks/ and
+`xdprx demo`; usable in your own CI.
+
+Network rules kept here: every namespace is named xrx-*, both veth ends live
+in namespaces this module created, addresses come from 198.18.0.0/15 and
+fd00::/8, groups from 239.0.0.0/8 / ff15::/16, every traffic loop is bounded
+in count and time, and everything is deleted on exit, also on failure.
+
+    with VethPair() as pair:
+        with pair.inside("rx"):
+            rx = xdprx.Receiver(pair.rx_if, ["239.1.2.3:5000"])
+        pair.run("tx", send_cmd(pair, "239.1.2.3:5000", count=1000))
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+import numpy as np
+
+from . import native
+from .errors import from_errno
+
+IFA_F_NODAD = 0x02
+CLONE_NEWNET = 0x40000000
+
+
+class VethPair:
+    """Namespaces xrx-<tag>-rx and xrx-<tag>-tx joined by a veth pair.
+
+    rx side: interface `xrx0`, 198.18.0.1/24, fd00::1/64
+    tx side: interface `xrx1`, 198.18.0.2/24, fd00::2/64
+    """
+
+    rx_if, tx_if = "xrx0", "xrx1"
+    rx_ip, tx_ip = "198.18.0.1", "198.18.0.2"
+    rx_ip6, tx_ip6 = "fd00::1", "fd00::2"
+
+    def __init__(self, tag: str | None = None, queues: int = 1, gro: bool = False) -> None:
+        self.tag = tag or f"{os.getpid() % 100000}-{secrets.token_hex(2)}"
+        self.ns = {"rx": f"xrx-{self.tag}-rx", "tx": f"xrx-{self.tag}-tx"}
+        self.queues = queues
+        self.gro = gro
+        self._created: list[str] = []
+
+    def __enter__(self) -> "VethPair":
+        from pyroute2 import NetNS, netns
+        try:
+            for side in ("rx", "tx"):
+                netns.create(self.ns[side])
+                self._created.append(self.ns[side])
+            with NetNS(self.ns["rx"]) as ipr:
+                ipr.link("add", ifname=self.rx_if, kind="veth",
+                         num_rx_queues=self.queues, num_tx_queues=self.queues,
+                         peer={"ifname": self.tx_if, "net_ns_fd": self.ns["tx"],
+                               "num_rx_queues": self.queues, "num_tx_queues": self.queues})
+            for side, ifn, ip4, ip6 in (("rx", self.rx_if, self.rx_ip, self.rx_ip6),
+                                        ("tx", self.tx_if, self.tx_ip, self.tx_ip6)):
+                with NetNS(self.ns[side]) as ipr:
+                    idx = ipr.link_lookup(ifname=ifn)[0]
+                    ipr.addr("add", index=idx, address=ip4, prefixlen=24)
+                    ipr.addr("add", index=idx, address=ip6, prefixlen=64, flags=IFA_F_NODAD)
+                    ipr.link("set", index=idx, state="up")
+                    lo = ipr.link_lookup(ifname="lo")[0]
+                    ipr.link("set", index=lo, state="up")
+            if self.gro:
+                self.run("rx", ["ethtool", "-K", self.rx_if, "gro", "on"], check=False)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        from pyroute2 import netns
+        for name in reversed(self._created):  # deleting a namespace deletes its veth end
+            with contextlib.suppress(Exception):
+                netns.remove(name)
+        self._created.clear()
+
+    def nsenter(self, side: str) -> list[str]:
+        # nsenter, not `ip netns exec`: the latter remounts /sys and hides /sys/fs/bpf
+        return ["nsenter", f"--net=/run/netns/{self.ns[side]}"]
+
+    def run(self, side: str, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("timeout", 120)
+        return subprocess.run(self.nsenter(side) + argv, **kw)
+
+    def popen(self, side: str, argv: list[str], **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.nsenter(side) + argv, **kw)
+
+    @contextlib.contextmanager
+    def inside(self, side: str) -> Iterator[None]:
+        """Run this thread in the namespace of @side, then come back."""
+        with enter_netns(self.ns[side]):
+            yield
+
+
+@contextlib.contextmanager
+def enter_netns(name: str) -> Iterator[None]:
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if native.libc.setns(target, CLONE_NEWNET):
+            raise from_errno(f"entering network namespace {name}", native.errno())
+        try:
+            yield
+        finally:
+            native.libc.setns(home, CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+# ---- deterministic payloads -------------------------------------------------
+def payloads(seed: int, count: int, lo: int = 1, hi: int = 1472) -> list[bytes]:
+    """@count payloads of random sizes in [lo, hi]; the same on every host."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(lo, hi + 1, count)
+    pool = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8).tobytes()
+    out, o = [], 0
+    for s in sizes:
+        out.append(pool[o: o + int(s)])
+        o += int(s)
+    return out
+
+
+def send_cmd(group: str, count: int, seed: int = 1, lo: int = 1, hi: int = 1472,
+             rate: int = 50000, ifname: str = VethPair.tx_if, timeout: float = 60.0) -> list[str]:
+    """argv that sends payloads(seed, count, lo, hi) to @group from @ifname."""
+    return [sys.executable, "-m", "xdprx.testing", "send", "--group", group,
+            "--count", str(count), "--seed", str(seed), "--sizes", f"{lo}:{hi}",
+            "--rate", str(rate), "--ifname", ifname, "--timeout", str(timeout)]
+
+
+def send(group: str, count: int, seed: int, lo: int, hi: int, rate: int, ifname: str,
+         timeout: float) -> int:
+    """Send with an ordinary kernel UDP socket, paced to @rate packets/s,
+    stopping after @count packets or @timeout seconds. Returns packets sent."""
+    from .groups import Group
+    g = Group.parse(group)
+    data = payloads(seed, count, lo, hi)
+    idx = native.ifindex(ifname)
+    if g.addr.version == 4:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # struct ip_mreqn: choose the interface by index
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                     struct.pack("=4s4si", b"\0" * 4, b"\0" * 4, idx))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        dst = (str(g.addr), g.port)
+    else:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        dst = (str(g.addr), g.port, 0, idx)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    t0 = time.monotonic()
+    sent = 0
+    burst = 16
+    for i, p in enumerate(data):
+        if time.monotonic() - t0 > timeout:
+            break
+        while True:
+            try:
+                s.sendto(p, dst)
+                break
+            except OSError as e:  # ENOBUFS / EAGAIN: the qdisc is full, back off
+                if e.errno not in (errno.ENOBUFS, errno.EAGAIN) or time.monotonic() - t0 > timeout:
+                    raise
+                time.sleep(0.0005)
+        sent += 1
+        if rate and (i + 1) % burst == 0:
+            ahead = (i + 1) / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    s.close()
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m xdprx.testing")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("send", help="send deterministic multicast UDP payloads")
+    s.add_argument("--group", required=True)
+    s.add_argument("--count", type=int, required=True)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--sizes", default="1:1472")
+    s.add_argument("--rate", type=int, default=50000)
+    s.add_argument("--ifname", default=VethPair.tx_if)
+    s.add_argument("--timeout", type=float, default=60.0)
+    a = ap.parse_args(argv)
+    lo, hi = (int(x) for x in a.sizes.split(":"))
+    n = send(a.group, a.count, a.seed, lo, hi, a.rate, a.ifname, a.timeout)
+    print(n)
+    return 0 if n == a.count else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""An AF_XDP socket on one (interface, queue), created through libxdp.
+
+libxdp is told not to load its own XDP program (INHIBIT_PROG_LOAD): xdprx
+attaches bpf/redirect.c itself. The bind asks for need_wakeup and lets the
+kernel choose zero-copy when the driver supports it, copy otherwise; what was
+chosen is read back with XDP_OPTIONS.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as E
+import os
+
+from . import native
+from .errors import ConfigError, from_errno
+from .ring import Ring
+from .umem import Umem
+
+
+class XskSocket:
+    def __init__(self, ifname: str, queue: int, umem: Umem, rx_size: int = 2048,
+                 copy: str = "auto") -> None:
+        if rx_size <= 0 or rx_size & (rx_size - 1):
+            raise ConfigError(f"rx ring size {rx_size} is not a power of two", remedy="use 2048")
+        bind = native.XDP_USE_NEED_WAKEUP | {"auto": 0, "copy": native.XDP_COPY,
+                                               "zerocopy": native.XDP_ZEROCOPY}[copy]
+        self._handle = ctypes.c_void_p()
+        self.rx_x = native.XskRing()
+        cfg = native.XskSocketConfig(rx_size=rx_size, tx_size=0,
+                                     libxdp_flags=native.XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+                                     xdp_flags=0, bind_flags=bind)
+        err = native.libxdp.xsk_socket__create(ctypes.byref(self._handle), os.fsencode(ifname),
+                                               queue, umem.handle, ctypes.byref(self.rx_x),
+                                               None, ctypes.byref(cfg))
+        if err:
+            remedy = {E.EINVAL: f"does {ifname} have a queue {queue}? (ethtool -l {ifname})",
+                      E.EOPNOTSUPP: "the driver has no zero-copy: use copy mode",
+                      E.EBUSY: f"another AF_XDP socket is bound to {ifname} queue {queue}"}
+            raise from_errno(f"creating an AF_XDP socket on {ifname} queue {queue}", err,
+                             remedy.get(abs(err), ""))
+        self.fd = native.libxdp.xsk_socket__fd(self._handle)
+        self.rx = Ring(self.rx_x, desc=True, producer_side=False)
+        self.queue = queue
+
+    @property
+    def zerocopy(self) -> bool:
+        opts = native.getsockopt_struct(self.fd, native.SOL_XDP, native.XDP_OPTIONS,
+                                        native.XdpOptions)
+        return bool(opts.flags & native.XDP_OPTIONS_ZEROCOPY)
+
+    def statistics(self) -> dict[str, int]:
+        st = native.getsockopt_struct(self.fd, native.SOL_XDP, native.XDP_STATISTICS,
+                                      native.XdpStatistics)
+        return {name: int(getattr(st, name)) for name, _ in native.XdpStatistics._fields_}
+
+    def close(self) -> None:
+        if self._handle:
+            self.rx = None
+            native.libxdp.xsk_socket__delete(self._handle)
+            self._handle = ctypes.c_void_p()
