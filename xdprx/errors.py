@@ -38,3 +38,28 @@ def from_errno(what: str, err: int, remedy: str = "") -> XdprxError:
     if err in (_errno.EPERM, _errno.EACCES):
         return PermissionProblem(what, err, remedy or NEED_PRIVS)
     return XdprxError(what, err, remedy)
+
+
+# capability bits (linux/capability.h)
+CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_BPF = 12, 13, 21, 39
+
+
+def effective_caps() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> None:
+    """Fail early, in one line, when XDP and AF_XDP set-up cannot succeed."""
+    caps = effective_caps()
+    have = lambda c: bool(caps >> c & 1)  # noqa: E731
+    missing = [n for c, n in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_NET_RAW, "CAP_NET_RAW"))
+               if not have(c)]
+    if not (have(CAP_BPF) or have(CAP_SYS_ADMIN)):
+        missing.append("CAP_BPF")
+    if missing:
+        raise PermissionProblem(f"missing privileges ({', '.join(missing)})", _errno.EPERM,
+                                NEED_PRIVS)

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import bulk, fanout, native
 from .bpfprog import XdpProgram
-from .errors import ConfigError, XdprxError
+from .errors import ConfigError, XdprxError, check_privileges
 from .groups import Group, group_table, parse_groups
 from .membership import Membership
 from .umem import Umem
@@ -84,6 +84,7 @@ class Receiver:
         if queue < 0 or queue > 255:
             raise ConfigError(f"queue {queue} out of range", remedy="use 0..255")
         fanout.check_headroom(headroom)
+        check_privileges()
         self.ifname = ifname
         self.ifindex = native.ifindex(ifname)
         if not self.ifindex:
@@ -96,6 +97,7 @@ class Receiver:
         self._held = 0
         self._closed = False
         self._stack = contextlib.ExitStack()
+        bulk.warm()
         try:
             self.prog = XdpProgram()
             self._stack.callback(self.prog.close)
@@ -188,6 +190,12 @@ class Receiver:
                 "drops": xs["rx_dropped"] + xs["rx_ring_full"],
                 "frames": dict(pool, total=self.umem.pool.total)}
 
+    def stats_after_close(self) -> dict:
+        """What is still known once closed: receiver counters and the pool."""
+        c = {name: int(self.counters[i]) for i, name in enumerate(bulk.STAT_NAMES)}
+        return {"receiver": c, "drops": self._final_drops,
+                "frames": dict(self.umem.pool.census(), total=self.umem.pool.total)}
+
     def describe(self) -> str:
         return (f"{self.ifname} queue {self.queue}: XDP {self.mode} mode, AF_XDP "
                 f"{'zero-copy' if self.zerocopy else 'copy'} mode, {self.umem.frames} frames "
@@ -198,8 +206,13 @@ class Receiver:
         """Detach, leave the groups, return every frame, free the UMEM."""
         if self._closed:
             return
-        self._closed = True
         self._release_held()
+        try:
+            xs = self.xsk.statistics()
+            self._final_drops = xs["rx_dropped"] + xs["rx_ring_full"]
+        except XdprxError:
+            self._final_drops = -1
+        self._closed = True
         self._stack.close()
 
     def __enter__(self) -> "Receiver":
