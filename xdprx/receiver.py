@@ -73,7 +73,7 @@ class Receiver:
 
     def __init__(self, ifname: str, groups: Iterable[str | Group], queue: int = 0,
                  mode: str = "auto", frames: int = 4096, frame_size: int = 2048,
-                 headroom: int = 0, batch_size: int = 256, rx_size: int = 2048,
+                 headroom: int = 0, batch_size: int = 256, rx_size: int = 4096,
                  copy: str = "auto", join: bool = True, spin: int = 64,
                  refill_min: int = 16) -> None:
         self.groups = parse_groups(groups)

@@ -73,12 +73,26 @@ class VethPair:
                     ipr.link("set", index=idx, state="up")
                     lo = ipr.link_lookup(ifname="lo")[0]
                     ipr.link("set", index=lo, state="up")
+            self._wait_ipv6_multicast_routes()
             if self.gro:
                 self.run("rx", ["ethtool", "-K", self.rx_if, "gro", "on"], check=False)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _wait_ipv6_multicast_routes(self, timeout: float = 5.0) -> None:
+        """IPv6 multicast needs the kernel's ff00::/8 route, added shortly after
+        link-up; sending before it exists fails with ENETUNREACH."""
+        from pyroute2 import NetNS
+        deadline = time.monotonic() + timeout
+        for side in ("rx", "tx"):
+            with NetNS(self.ns[side]) as ipr:
+                while time.monotonic() < deadline:
+                    routes = ipr.get_routes(family=socket.AF_INET6, table=255)
+                    if any(r.get_attr("RTA_DST") == "ff00::" for r in routes):
+                        break
+                    time.sleep(0.02)
 
     def __exit__(self, *exc) -> None:
         self.close()
