@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import ipaddress
 import os
 import secrets
 import socket
@@ -165,11 +166,15 @@ def send(group: str, count: int, seed: int, lo: int, hi: int, rate: int, ifname:
          timeout: float) -> int:
     """Send with an ordinary kernel UDP socket, paced to @rate packets/s,
     stopping after @count packets or @timeout seconds. Returns packets sent."""
-    from .groups import Group
-    g = Group.parse(group)
+    host, _, port = group.rpartition(":")
+    g = argparse.Namespace(addr=ipaddress.ip_address(host.strip("[]")), port=int(port))
     data = payloads(seed, count, lo, hi)
     idx = native.ifindex(ifname)
-    if g.addr.version == 4:
+    if not g.addr.is_multicast:  # unicast, for tests of what xdprx must pass
+        s = socket.socket(socket.AF_INET if g.addr.version == 4 else socket.AF_INET6,
+                          socket.SOCK_DGRAM)
+        dst = (str(g.addr), g.port)
+    elif g.addr.version == 4:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         # struct ip_mreqn: choose the interface by index
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
@@ -207,6 +212,56 @@ def send(group: str, count: int, seed: int, lo: int, hi: int, rate: int, ifname:
     return sent
 
 
+def send_raw(ifname: str, frames: list[bytes]) -> int:
+    """Send whole Ethernet frames with AF_PACKET (for malformed-input tests)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    n = 0
+    for f in frames:
+        s.send(f)
+        n += 1
+        time.sleep(0.0002)
+    s.close()
+    return n
+
+
+# ---- frame builders (tests craft good and malformed frames with these) ------
+def eth(payload: bytes, ethertype: int, vlans: tuple[int, ...] = (),
+        dst: bytes = b"\x01\x00\x5e\x01\x02\x03", src: bytes = b"\x02\x00\x00\x00\x00\x02") -> bytes:
+    hdr = dst + src
+    for i, vid in enumerate(vlans):
+        tpid = 0x88A8 if i == 0 and len(vlans) > 1 else 0x8100
+        hdr += struct.pack("!HH", tpid, vid)
+    return hdr + struct.pack("!H", ethertype) + payload
+
+
+def udp(sport: int, dport: int, data: bytes, length: int | None = None) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(data) if length is None else length, 0) + data
+
+
+def ipv4(dst: str, payload: bytes, proto: int = 17, ihl: int = 5, tot_len: int | None = None,
+         frag: int = 0, version: int = 4, src: str = VethPair.tx_ip) -> bytes:
+    opts = b"\x01" * (max(ihl, 5) * 4 - 20)  # NOP options
+    tot = 20 + len(opts) + len(payload) if tot_len is None else tot_len
+    hdr = struct.pack("!BBHHHBBH4s4s", (version << 4) | ihl, 0, tot, 1, frag, 1, proto, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    csum = _csum(hdr + opts)
+    return hdr[:10] + struct.pack("!H", csum) + hdr[12:] + opts + payload
+
+
+def ipv6(dst: str, payload: bytes, nexthdr: int = 17, src: str = VethPair.tx_ip6) -> bytes:
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nexthdr, 1,
+                       socket.inet_pton(socket.AF_INET6, src),
+                       socket.inet_pton(socket.AF_INET6, dst)) + payload
+
+
+def _csum(b: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m xdprx.testing")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -218,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--rate", type=int, default=50000)
     s.add_argument("--ifname", default=VethPair.tx_if)
     s.add_argument("--timeout", type=float, default=60.0)
+    r = sub.add_parser("send-raw", help="send Ethernet frames given as hex lines on stdin")
+    r.add_argument("--ifname", default=VethPair.tx_if)
     a = ap.parse_args(argv)
+    if a.cmd == "send-raw":
+        frames = [bytes.fromhex(line) for line in sys.stdin.read().split()]
+        print(send_raw(a.ifname, frames))
+        return 0
     lo, hi = (int(x) for x in a.sizes.split(":"))
     n = send(a.group, a.count, a.seed, lo, hi, a.rate, a.ifname, a.timeout)
     print(n)
