@@ -29,6 +29,8 @@ class Daemon:
         self.interval = interval
         self.json_lines = json_lines
         self.stopping = False
+        # handlers first: once the control socket exists, a signal must stop us cleanly
+        self._old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
         self.control = ControlServer(control, {"stats": self._stats}) if control else None
 
     def _stats(self, req: dict) -> dict:
@@ -39,7 +41,6 @@ class Daemon:
 
     def serve(self, duration: float | None = None) -> dict:
         """Receive until SIGINT/SIGTERM (or @duration s); returns final stats."""
-        old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
         t0 = last = time.monotonic()
         prev = None
         try:
@@ -57,7 +58,7 @@ class Daemon:
                 if duration is not None and now - t0 >= duration:
                     break
         finally:
-            for s, h in old.items():
+            for s, h in self._old.items():
                 signal.signal(s, h)
             if self.control:
                 self.control.close()
