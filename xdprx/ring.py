@@ -31,10 +31,11 @@ U32 = 0xFFFFFFFF
 # ---- consumer side (RX, COMPLETION) -----------------------------------------
 @inline
 def cons_peek(prod, local, n):
-    """How many entries (<= n) are ready at local[1]; refreshes the cache only
-    when it looks empty, as libxdp's xsk_cons_nb_avail does."""
+    """How many entries (<= n) are ready at local[1]. Unlike libxdp, which
+    refreshes only when the cache looks empty, refresh whenever it holds fewer
+    than @n: one extra load per batch buys full batches."""
     avail = (local[0] - local[1]) & U32
-    if avail == 0:
+    if avail < n:
         # acquire: descriptor writes before the kernel's producer store are visible
         local[0] = load_acquire(prod)
         avail = (local[0] - local[1]) & U32
