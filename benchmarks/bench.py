@@ -1,0 +1,132 @@
+"""xdprx benchmarks: Receiver against a C AF_XDP loop on libxdp, same veth,
+same generator, same run (placement A of PLATFORM.md).
+
+    sudo .venv/bin/python benchmarks/bench.py [--quick] [--seconds S] [--reps N]
+
+Placement A: the generator (BPF_PROG_RUN live frames, XDP_TX) is pinned to
+CPU 0, and on veth the receive side's NAPI (XDP program + AF_XDP copy) runs on
+the CPU that transmitted, so CPU 0 carries all kernel work; the receiver under
+test is pinned alone to CPU 1. Every contender sees the same 102-byte frames
+to 239.1.2.3:5000 and reads the first 64 bytes of each packet. Figures are
+medians over --reps runs, contenders interleaved within each rep, and are
+reported as ratios to the C loop measured in the same rep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+sys.path.insert(0, str(HERE.parent))
+
+from xdprx import bpfprog  # noqa: E402
+from xdprx.testing import VethPair  # noqa: E402
+
+RX_CPU, GEN_CPU = "1", "0"
+
+
+def build() -> None:
+    r = subprocess.run(["make", "-s", "-C", str(HERE / "c"), f"OUT={OUT}"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"building the C contenders failed:\n{r.stderr}")
+
+
+def contenders(seconds: float, mode: str) -> dict[str, list[str]]:
+    obj = str(bpfprog.build())
+    py = [sys.executable, str(HERE / "touch_rx.py"), VethPair.rx_if, str(seconds), mode]
+    return {
+        "c_spin": [str(OUT / "rxloop"), obj, VethPair.rx_if, str(seconds), mode, "spin"],
+        "c_poll": [str(OUT / "rxloop"), obj, VethPair.rx_if, str(seconds), mode, "poll"],
+        "xdprx": py,
+    }
+
+
+def measure(pair: VethPair, argv: list[str], seconds: float) -> dict:
+    rx = pair.popen("rx", ["taskset", "-c", RX_CPU] + argv, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+    try:
+        line = rx.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"receiver did not start: {line} {rx.stderr.read()}")
+        gen = pair.run("tx", ["taskset", "-c", GEN_CPU, str(OUT / "gen"),
+                              str(OUT / "gen_kern.o"), VethPair.tx_if, str(seconds + 1.5)],
+                       timeout=seconds + 60)
+        out, err = rx.communicate(timeout=seconds + 60)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+    res = json.loads(out.strip().splitlines()[-1])
+    res["offered"] = int(gen.stdout.strip() or 0)
+    res["pps"] = res["packets"] / res["seconds"] if res["seconds"] else 0.0
+    res["cpu_ns_per_pkt"] = res["cpu"] / res["packets"] * 1e9 if res["packets"] else 0.0
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1 rep of 2 s (CI smoke)")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--mode", default="native", choices=("native", "skb"))
+    ap.add_argument("--json", default=str(OUT / "results.json"))
+    a = ap.parse_args()
+    if a.quick:
+        a.seconds, a.reps = 2.0, 1
+    build()
+    runs: dict[str, list[dict]] = {}
+    with VethPair() as pair:
+        for rep in range(a.reps):
+            for name, argv in contenders(a.seconds, a.mode).items():
+                r = measure(pair, argv, a.seconds)
+                runs.setdefault(name, []).append(r)
+                print(f"rep {rep + 1} {name:8s} {r['pps'] / 1e6:6.2f} Mpps  "
+                      f"{r['cpu_ns_per_pkt']:6.1f} ns CPU/pkt", flush=True)
+    summary = {}
+    for name, rs in runs.items():
+        pps = [r["pps"] for r in rs]
+        cpu = [r["cpu_ns_per_pkt"] for r in rs]
+        summary[name] = {"pps_median": statistics.median(pps), "pps_min": min(pps),
+                         "pps_max": max(pps), "cpu_ns_per_pkt_median": statistics.median(cpu)}
+    base = summary["c_spin"]["pps_median"]
+    for name in summary:
+        summary[name]["ratio_to_c_spin"] = summary[name]["pps_median"] / base if base else 0
+    pbase = summary["c_poll"]["cpu_ns_per_pkt_median"]
+    summary["xdprx"]["cpu_ratio_to_c_poll"] = (summary["xdprx"]["cpu_ns_per_pkt_median"] / pbase
+                                               if pbase else 0)
+    report = {"machine": {"kernel": platform.release(), "cpus": os.cpu_count(),
+                          "cpu": _cpu_model(), "placement": "A", "mode": a.mode,
+                          "frame_bytes": 102},
+              "seconds": a.seconds, "reps": a.reps, "summary": summary, "runs": runs,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(report, indent=2))
+    print("\n| contender | Mpps median (min-max) | vs C spin | CPU ns/pkt |")
+    print("|---|---|---|---|")
+    for name, s in summary.items():
+        print(f"| {name} | {s['pps_median'] / 1e6:.2f} ({s['pps_min'] / 1e6:.2f}-"
+              f"{s['pps_max'] / 1e6:.2f}) | {s['ratio_to_c_spin']:.2f} | "
+              f"{s['cpu_ns_per_pkt_median']:.1f} |")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
