@@ -111,30 +111,3 @@ def release(frames, n, free, top, state, shift, stats):
     stats[S_VIOLATIONS] += bad
     return bad
 
-
-def warm() -> None:
-    """Compile (or load from the cache) both kernels with the exact argument
-    types the Receiver uses, under the cache lock (numba issue 4807)."""
-    from .jit import cache_lock
-    global _warm
-    if _warm:
-        return
-    with cache_lock():
-        u32 = lambda: np.zeros(1, np.uint32)  # noqa: E731
-        loc = lambda: np.zeros(2, np.int64)  # noqa: E731
-        frames = np.zeros(4, np.uint64)
-        state = np.zeros(4, np.uint8)
-        top = np.zeros(1, np.int64)
-        stats = np.zeros(N_STATS, np.int64)
-        rx_burst(u32(), u32(), np.zeros((4, 2), np.uint64), loc(),
-                 u32(), u32(), np.zeros(4, np.uint64), loc(), u32(),
-                 frames.copy(), top, state, 11,
-                 np.zeros(8192, np.uint8), np.zeros((1, 16), np.uint8),
-                 np.zeros(1, np.uint16), np.zeros(1, np.uint64),
-                 frames.copy(), frames.copy(), np.zeros(4, np.uint32), frames.copy(),
-                 np.zeros(4, np.int32), stats, 0, 1 << 30)
-        release(frames, 0, frames.copy(), top, state, 11, stats)
-    _warm = True
-
-
-_warm = False

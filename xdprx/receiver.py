@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from . import bulk, fanout, native
+from . import bulk, context, fanout, native
 from .bpfprog import XdpProgram
 from .errors import ConfigError, XdprxError, check_privileges
 from .groups import Group, group_table, parse_groups
@@ -42,23 +42,42 @@ class Packet:
 class Batch:
     """Up to batch_size packets; zero-copy views into the UMEM."""
 
+    __slots__ = ("_rx", "_n", "umem", "timestamp_ns")
+
     def __init__(self, rx: "Receiver", n: int, ts_ns: int) -> None:
         self._rx = rx
+        self._n = n
         self.umem: np.ndarray = rx.umem.area
-        self.frames: np.ndarray = rx._frame[:n]
-        self.offsets: np.ndarray = rx._off[:n]
-        self.lengths: np.ndarray = rx._len[:n]
-        self.seqs: np.ndarray = rx._seq[:n]
-        self.groups_idx: np.ndarray = rx._sub[:n]
         self.timestamp_ns = ts_ns
 
+    # views made on demand: a Numba user touching two of them pays for two
+    @property
+    def frames(self) -> np.ndarray:
+        return self._rx._frame[:self._n]
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self._rx._off[:self._n]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self._rx._len[:self._n]
+
+    @property
+    def seqs(self) -> np.ndarray:
+        return self._rx._seq[:self._n]
+
+    @property
+    def groups_idx(self) -> np.ndarray:
+        return self._rx._sub[:self._n]
+
     def __len__(self) -> int:
-        return len(self.frames)
+        return self._n
 
     def __iter__(self) -> Iterator[Packet]:
         mv = self._rx._mv
         groups = self._rx.groups
-        for i in range(len(self.frames)):
+        for i in range(self._n):
             off = int(self.offsets[i])
             yield Packet(mv[off: off + int(self.lengths[i])], int(self.seqs[i]),
                          groups[self.groups_idx[i]], int(self.frames[i]))
@@ -97,7 +116,7 @@ class Receiver:
         self._held = 0
         self._closed = False
         self._stack = contextlib.ExitStack()
-        bulk.warm()
+        context.warm()
         try:
             self.prog = XdpProgram()
             self._stack.callback(self.prog.close)
@@ -130,23 +149,24 @@ class Receiver:
         self._mv = memoryview(self.umem.area)
         self._poll = select.poll()
         self._poll.register(self.xsk.fd, select.POLLIN)
-        self._args = self._kernel_args()
-        bulk.rx_burst(*self._args, 0, 1)  # prime the FILL ring before traffic
+        self._ctx = self._make_context()
+        context.rx_burst_ctx(self._ctx, 0, 1)  # prime the FILL ring before traffic
 
-    def _kernel_args(self) -> tuple:
+    def _make_context(self) -> np.ndarray:
         u, r, f, p = self.umem, self.xsk.rx, self.umem.fill, self.umem.pool
-        return (r.prod, r.cons, r.slots, r.local,
-                f.prod, f.cons, f.slots, f.local, f.flags,
-                p.free, p.top, p.state, p.shift,
-                u.area, self._g_addr, self._g_port, self._g_seq,
-                self._frame, self._off, self._len, self._seq, self._sub,
-                self.counters)
+        return context.make({
+            "rx_prod": r.prod, "rx_cons": r.cons, "rx_slots": r.slots, "rx_local": r.local,
+            "fill_prod": f.prod, "fill_cons": f.cons, "fill_slots": f.slots,
+            "fill_local": f.local, "fill_flags": f.flags,
+            "free": p.free, "top": p.top, "state": p.state, "umem": u.area,
+            "g_addr": self._g_addr, "g_port": self._g_port, "g_seq": self._g_seq,
+            "out_frame": self._frame, "out_off": self._off, "out_len": self._len,
+            "out_seq": self._seq, "out_sub": self._sub, "stats": self.counters}, p.shift)
 
     # ---- receive ------------------------------------------------------------
     def _release_held(self) -> None:
         if self._held:
-            p = self.umem.pool
-            bulk.release(self._frame, self._held, p.free, p.top, p.state, p.shift, self.counters)
+            context.release_ctx(self._ctx, self._held)
             self._held = 0
 
     def recv(self, timeout: float | None = None) -> Batch:
@@ -160,7 +180,7 @@ class Receiver:
         spins = 0
         while True:
             now = time.monotonic_ns()
-            n = bulk.rx_burst(*self._args, now, self.refill_min)
+            n = context.rx_burst_ctx(self._ctx, now, self.refill_min)
             if n:
                 self._held = n
                 return Batch(self, n, now)
