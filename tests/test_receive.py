@@ -95,3 +95,17 @@ def test_invalid_receiver_arguments(pair):
         with pytest.raises(xdprx.ConfigError, match="unknown interface"):
             xdprx.Receiver("xrx-nope", [GROUP])
     assert not xdp_attached(pair)
+
+
+def test_group_membership_joined_and_left(pair):
+    """IGMP / MLD: the interface is a member while receiving, not after."""
+    def maddrs():
+        return pair.run("rx", ["ip", "maddr", "show", "dev", pair.rx_if]).stdout
+    assert "239.1.2.3" not in maddrs()
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP, "[ff15::99]:5000"])
+    with rx:
+        m = maddrs()
+        assert "239.1.2.3" in m and "ff15::99" in m
+    m = maddrs()
+    assert "239.1.2.3" not in m and "ff15::99" not in m

@@ -150,6 +150,7 @@ class Receiver:
         self._poll = select.poll()
         self._poll.register(self.xsk.fd, select.POLLIN)
         self._ctx = self._make_context()
+        self._fill_flags = self.umem.fill.flags
         context.rx_burst_ctx(self._ctx, 0, 1)  # prime the FILL ring before traffic
 
     def _make_context(self) -> np.ndarray:
@@ -181,6 +182,8 @@ class Receiver:
         while True:
             now = time.monotonic_ns()
             n = context.rx_burst_ctx(self._ctx, now, self.refill_min)
+            if self._fill_flags[0] & native.XDP_RING_NEED_WAKEUP:
+                self._poll.poll(0)  # the driver asked to be kicked to use the new FILL entries
             if n:
                 self._held = n
                 return Batch(self, n, now)
