@@ -13,7 +13,7 @@ from xdprx import bulk, fanout
 from xdprx.errors import ConfigError
 from xdprx.groups import Group, parse_groups
 from xdprx.ring import cons_peek, cons_release, prod_free, prod_submit
-from xdprx.umem import FREE, HELD, KERNEL, FramePool, check_frames, pool_get
+from xdprx.umem import HELD, KERNEL, FramePool, check_frames, pool_get
 
 
 @pytest.mark.parametrize("spec,addr,port", [

@@ -14,12 +14,8 @@ ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
 
 @inline
 def be16(b, i):
-    return (np_int(b[i]) << 8) | np_int(b[i + 1])
-
-
-@inline
-def np_int(x):
-    return int(x)
+    """Big-endian u16 at b[i] (widened first: uint8 << 8 would overflow)."""
+    return (int(b[i]) << 8) | int(b[i + 1])
 
 
 @inline
@@ -64,7 +60,7 @@ def parse_udp(b, p, end, g_addr, g_port):
     if et == ETH_P_IP:
         if end - p < 20 or (b[p] >> 4) != 4 or b[p + 9] != 17:
             return 0, 0, -1
-        ihl = (np_int(b[p]) & 15) * 4
+        ihl = (int(b[p]) & 15) * 4
         tot = be16(b, p + 2)
         if ihl < 20 or tot < ihl or p + tot > end or (be16(b, p + 6) & 0x3FFF) != 0:
             return 0, 0, -1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno as E
-import os
 import select
 import time
 from dataclasses import dataclass

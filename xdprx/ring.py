@@ -82,7 +82,7 @@ class Ring:
     """A ring's numpy views. @xring is a native.XskRing filled in by libxdp;
     @desc selects the RX/TX descriptor layout."""
 
-    def __init__(self, xring, desc: bool, producer_side: bool) -> None:
+    def __init__(self, xring, desc: bool) -> None:
         self.size = int(xring.size)
         self.mask = int(xring.mask)
         self.prod = _u32_at(xring.producer)
@@ -96,7 +96,6 @@ class Ring:
         # start from the real shared indices, not libxdp's cached offsets
         self.local[0] = int(self.prod[0])
         self.local[1] = int(self.cons[0])
-        self.producer_side = producer_side
         self._xring = xring  # keeps the struct alive with the views
 
     def occupancy(self) -> int:

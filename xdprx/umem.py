@@ -157,8 +157,8 @@ class Umem:
         except BaseException:
             self._release_memory()
             raise
-        self.fill = Ring(self.fill_x, desc=False, producer_side=True)
-        self.comp = Ring(self.comp_x, desc=False, producer_side=False)
+        self.fill = Ring(self.fill_x, desc=False)
+        self.comp = Ring(self.comp_x, desc=False)
         self.pool = FramePool(frames, frame_size)
 
     @property

@@ -39,7 +39,7 @@ class XskSocket:
             raise from_errno(f"creating an AF_XDP socket on {ifname} queue {queue}", err,
                              remedy.get(abs(err), ""))
         self.fd = native.libxdp.xsk_socket__fd(self._handle)
-        self.rx = Ring(self.rx_x, desc=True, producer_side=False)
+        self.rx = Ring(self.rx_x, desc=True)
         self.queue = queue
 
     @property
