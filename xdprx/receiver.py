@@ -202,8 +202,11 @@ class Receiver:
                 yield b
 
     # ---- observability ------------------------------------------------------
+    def _counters(self) -> dict[str, int]:
+        return {name: int(self.counters[i]) for i, name in enumerate(bulk.STAT_NAMES)}
+
     def stats(self) -> dict:
-        c = {name: int(self.counters[i]) for i, name in enumerate(bulk.STAT_NAMES)}
+        c = self._counters()
         pool = self.umem.pool.census()
         xs = self.xsk.statistics()
         return {"interface": self.ifname, "queue": self.queue, "mode": self.mode,
@@ -214,7 +217,7 @@ class Receiver:
 
     def stats_after_close(self) -> dict:
         """What is still known once closed: receiver counters and the pool."""
-        c = {name: int(self.counters[i]) for i, name in enumerate(bulk.STAT_NAMES)}
+        c = self._counters()
         return {"receiver": c, "drops": self._final_drops,
                 "frames": dict(self.umem.pool.census(), total=self.umem.pool.total)}
 

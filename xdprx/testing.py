@@ -166,28 +166,28 @@ def send(group: str, count: int, seed: int, lo: int, hi: int, rate: int, ifname:
          timeout: float) -> int:
     """Send with an ordinary kernel UDP socket, paced to @rate packets/s,
     stopping after @count packets or @timeout seconds. Returns packets sent."""
-    host, _, port = group.rpartition(":")
-    g = argparse.Namespace(addr=ipaddress.ip_address(host.strip("[]")), port=int(port))
+    host, _, p = group.rpartition(":")
+    addr, port = ipaddress.ip_address(host.strip("[]")), int(p)
     data = payloads(seed, count, lo, hi)
     idx = native.ifindex(ifname)
-    if not g.addr.is_multicast:  # unicast, for tests of what xdprx must pass
-        s = socket.socket(socket.AF_INET if g.addr.version == 4 else socket.AF_INET6,
+    if not addr.is_multicast:  # unicast, for tests of what xdprx must pass
+        s = socket.socket(socket.AF_INET if addr.version == 4 else socket.AF_INET6,
                           socket.SOCK_DGRAM)
-        dst = (str(g.addr), g.port)
-    elif g.addr.version == 4:
+        dst = (str(addr), port)
+    elif addr.version == 4:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         # struct ip_mreqn: choose the interface by index
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
                      struct.pack("=4s4si", b"\0" * 4, b"\0" * 4, idx))
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-        dst = (str(g.addr), g.port)
+        dst = (str(addr), port)
     else:
         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-        dst = (str(g.addr), g.port, 0, idx)
+        dst = (str(addr), port, 0, idx)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     t0 = time.monotonic()
     sent = 0
