@@ -1,8 +1,10 @@
 """xdprx: AF_XDP fast-path receiver for UDP multicast with zero-copy fan-out."""
 from .errors import ConfigError, PermissionProblem, XdprxError
 from .groups import Group
-from .receiver import Batch, Packet, Receiver
+from .batch import Batch, Packet
+from .consumer import Consumer, Subscriber
+from .receiver import Receiver
 
-__all__ = ["Receiver", "Batch", "Packet", "Group", "XdprxError", "ConfigError",
+__all__ = ["Receiver", "Consumer", "Subscriber", "Batch", "Packet", "Group", "XdprxError", "ConfigError",
            "PermissionProblem"]
 __version__ = "0.1.0"

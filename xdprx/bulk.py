@@ -1,41 +1,190 @@
 """The receive loop's batch kernels: one Numba call per batch, no Python per packet.
 
-    rx_burst   refill FILL from the pool (bulk) -> peek RX -> for each frame:
-               parse, write the headroom descriptor, hand out a reference
-               -> release the RX slots (one store)
-    release    frames the application let go of -> pool (bulk)
+    rx_burst   reap consumer releases (bulk) -> refill FILL from the pool (bulk)
+               -> peek RX -> for each frame: parse, write the headroom
+               descriptor, push a reference to every subscribed consumer
+               (fan-out) and set the reference count -> release the RX slots
+               (one store) -> publish each consumer ring (one store each)
+    release    the application's batch lets go of its frames (bulk)
+    reclaim    a consumer that left: every frame it held drops its reference
 
 Frames move only in batches (seed 002, bulk alloc/free): the FILL ring is
-topped up only when at least `refill_min` slots are free, so the kernel-shared
-producer index is written once per batch, not once per frame.
+topped up only when at least `refill_min` slots are free, and every
+kernel-shared or consumer-shared index is written once per batch, not once
+per frame.
+
+Reference counts live in each frame's descriptor (fanout.py) and only this
+thread writes them, so they need no atomics, even with consumers in other
+processes: consumers publish a release cursor, and the reap step turns cursor
+movement into decrements (FCLONE_SCRATCH's one clone per listener becomes one
+ring slot per consumer).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import cring as CR
 from . import fanout as F
-from .jit import kernel
+from .atomics import fence_seq_cst, load_acquire, store_release
+from .jit import inline, kernel, raw
 from .packet import parse_udp
-from .ring import cons_peek, cons_release, prod_free, prod_submit, needs_wakeup
-from .umem import HELD, KERNEL, FREE, pool_get, pool_put
+from .ring import U32, cons_peek, cons_release, prod_free, prod_submit, needs_wakeup
+from .umem import HELD, KERNEL, FREE, pool_get
 
 # stats slots (int64), read by Receiver.stats()
-S_PACKETS, S_BYTES, S_REJECTED, S_VIOLATIONS, S_FILLED, S_BATCHES, S_WAKEUPS, S_RELEASED = range(8)
+(S_PACKETS, S_BYTES, S_REJECTED, S_VIOLATIONS, S_FILLED, S_BATCHES, S_WAKEUPS, S_RELEASED,
+ S_DELIVERIES, S_CONSUMER_DROPS, S_UNDELIVERED) = range(11)
 STAT_NAMES = ("packets", "bytes", "rejected", "violations", "filled", "batches",
-              "wakeups", "released")
+              "wakeups", "released", "deliveries", "consumer_drops", "undelivered")
 N_STATS = 16
 
+# consumer table: one int64 row per consumer, private to the receive thread
+(C_ACTIVE, C_RING, C_CTL, C_SIZE, C_QUOTA, C_PROD, C_PUB, C_REAPED, C_DELIVERED,
+ C_DROPPED, C_BAD, C_WAKES) = range(12)
+NCOL = 12
+# hub parameters and gauges (int64)
+H_NSLOTS, H_NACTIVE, H_RESERVE, H_TOTAL, H_HELD, H_NWAKE = range(6)
+N_HUB = 8
 
+
+# ---- reference counting -----------------------------------------------------
+@inline
+def unref(u32, base, free, top, state, shift, hub):
+    """Drop one reference to the frame at @base; the last one returns it to
+    the pool. Returns 1 if the frame was not HELD (a bug, counted)."""
+    f = base >> shift
+    w = (base >> 2) + F.W_REFCNT
+    if f >= state.shape[0] or state[f] != HELD or u32[w] == 0:
+        return 1
+    r = u32[w] - 1
+    u32[w] = r
+    if r == 0:
+        state[f] = FREE
+        free[top[0]] = base
+        top[0] += 1
+        hub[H_HELD] -= 1
+    return 0
+
+
+@inline
+def unref_range(ctab, c, upto, u32, free, top, state, shift, hub):
+    """Drop consumer @c's references from its reap cursor up to @upto."""
+    size = ctab[c, C_SIZE]
+    slots = raw(ctab[c, C_RING] + CR.OFF_SLOTS, size, np.uint64)
+    start = ctab[c, C_REAPED]
+    d = (upto - start) & U32
+    bad = 0
+    for i in range(d):
+        bad += unref(u32, slots[(start + i) & (size - 1)], free, top, state, shift, hub)
+    ctab[c, C_REAPED] = upto & U32
+    return bad
+
+
+@inline
+def reap(ctab, u32, free, top, state, shift, hub):
+    """Turn every consumer's release cursor into reference drops (bulk)."""
+    bad = 0
+    for c in range(hub[H_NSLOTS]):
+        if ctab[c, C_ACTIVE] == 0:
+            continue
+        # acquire: the consumer's reads of those frames happened before
+        cons = np.int64(load_acquire(raw(ctab[c, C_CTL] + CR.CTL_CONS, 1, np.uint32)))
+        moved = (cons - ctab[c, C_REAPED]) & U32
+        if moved == 0:
+            continue
+        if moved > ((ctab[c, C_PROD] - ctab[c, C_REAPED]) & U32):
+            ctab[c, C_BAD] += 1  # a cursor past what it was given: not believed
+            continue
+        bad += unref_range(ctab, c, cons, u32, free, top, state, shift, hub)
+    return bad
+
+
+# ---- fan-out ------------------------------------------------------------------
+@inline
+def push(ctab, c, base):
+    """One frame reference into consumer @c's ring (not yet published)."""
+    size = ctab[c, C_SIZE]
+    slots = raw(ctab[c, C_RING] + CR.OFF_SLOTS, size, np.uint64)
+    p = ctab[c, C_PROD]
+    slots[p & (size - 1)] = base
+    ctab[c, C_PROD] = (p + 1) & U32
+    ctab[c, C_DELIVERED] += 1
+
+
+@inline
+def fan_out(ctab, sub_start, sub_cons, sub, base, hub):
+    """Offer the frame to every consumer of @sub. A consumer at its quota (or,
+    when the pool runs low, above its fair share) misses it alone.
+    Returns (references taken, consumers that missed it)."""
+    refs = 0
+    missed = 0
+    # pressure: so many frames are held that the FILL ring could run dry
+    pressure = hub[H_HELD] > hub[H_TOTAL] - hub[H_RESERVE]
+    fair = (hub[H_TOTAL] - hub[H_RESERVE]) // max(hub[H_NACTIVE], 1)
+    for k in range(sub_start[sub], sub_start[sub + 1]):
+        c = sub_cons[k]
+        held = (ctab[c, C_PROD] - ctab[c, C_REAPED]) & U32
+        limit = ctab[c, C_QUOTA]
+        if pressure and fair < limit:
+            limit = fair
+        if held >= limit:
+            ctab[c, C_DROPPED] += 1
+            missed += 1
+            continue
+        push(ctab, c, base)
+        refs += 1
+    return refs, missed
+
+
+@inline
+def publish(ctab, hub, wake):
+    """Make this batch's references visible, one release store per consumer,
+    then list the sleeping consumers to wake (Python writes their eventfds)."""
+    nw = 0
+    any_new = False
+    for c in range(hub[H_NSLOTS]):
+        if ctab[c, C_ACTIVE] == 0:
+            continue
+        counters = raw(ctab[c, C_RING] + CR.OFF_COUNTERS, 2, np.uint64)
+        counters[0] = ctab[c, C_DELIVERED]
+        counters[1] = ctab[c, C_DROPPED]
+        if ctab[c, C_PROD] != ctab[c, C_PUB]:
+            # release: the slots and the frames' descriptors are visible first
+            store_release(raw(ctab[c, C_RING] + CR.OFF_PROD, 1, np.uint32), ctab[c, C_PROD])
+            ctab[c, C_PUB] = ctab[c, C_PROD]
+            any_new = True
+    if any_new:
+        # the prod stores above must be visible before we read `waiting`; the
+        # consumer does the mirror image (store waiting, fence, load prod)
+        fence_seq_cst()
+        for c in range(hub[H_NSLOTS]):
+            if ctab[c, C_ACTIVE] != 0 and ctab[c, C_PUB] != ctab[c, C_REAPED]:
+                if raw(ctab[c, C_CTL] + CR.CTL_WAITING, 1, np.uint32)[0] != 0:
+                    wake[nw] = c
+                    nw += 1
+                    ctab[c, C_WAKES] += 1
+    hub[H_NWAKE] = nw
+
+
+# ---- the receive burst ---------------------------------------------------------
 @kernel
 def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
              fill_prod, fill_cons, fill_slots, fill_local, fill_flags,
              free, top, state, shift,
              umem, g_addr, g_port, g_seq,
              out_frame, out_off, out_len, out_seq, out_sub,
-             stats, now_ns, refill_min):
-    """Receive up to len(out_frame) packets. Returns how many were delivered
-    into out_*; rejected frames go straight back to the pool."""
-    # 1. top up the FILL ring in bulk
+             stats, ctab, sub_start, sub_cons, wake, hub,
+             now_ns, refill_min, self_ref):
+    """Receive up to len(out_frame) packets. With @self_ref the caller's batch
+    takes one reference per frame and out_* describe them; consumers get theirs
+    through their rings. Returns the number of packets accepted."""
+    u32 = umem.view(np.uint32)
+    u64 = umem.view(np.uint64)
+    hub[H_NWAKE] = 0
+    # 1. consumer releases back to the pool, so they can refill FILL right away
+    stats[S_VIOLATIONS] += reap(ctab, u32, free, top, state, shift, hub)
+
+    # 2. top up the FILL ring in bulk
     fsize = fill_slots.shape[0]
     want = prod_free(fill_cons, fill_local, fsize, fsize)
     if want >= refill_min or want == fsize:
@@ -46,13 +195,11 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
     if needs_wakeup(fill_flags):
         stats[S_WAKEUPS] += 1
 
-    # 2. peek RX
+    # 3. peek RX
     rsize = rx_slots.shape[0]
     n = cons_peek(rx_prod, rx_local, out_frame.shape[0])
     if n == 0:
         return 0
-    u32 = umem.view(np.uint32)
-    u64 = umem.view(np.uint64)
     idx = rx_local[1]
     j = 0
     nbytes = 0
@@ -66,18 +213,17 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
             stats[S_VIOLATIONS] += 1  # not ours to take: leave it alone
             continue
         state[f] = HELD
+        hub[H_HELD] += 1
         start = addr - base
         off, plen, sub = parse_udp(umem, addr, addr + ln, g_addr, g_port)
         if sub < 0 or start < F.DESC_SIZE:
             stats[S_REJECTED] += 1
-            state[f] = FREE
-            free[top[0]] = base
-            top[0] += 1
+            u32[(base >> 2) + F.W_REFCNT] = 1
+            unref(u32, base, free, top, state, shift, hub)
             continue
-        # 3. the headroom-scratch descriptor, written once
+        # 4. the headroom-scratch descriptor, written once
         w = base >> 2
         u32[w + F.W_HEAD] = F.DESC_MAGIC | (F.DESC_VERSION << 16)
-        u32[w + F.W_REFCNT] = 1
         u32[w + F.W_PKT_OFF] = start
         u32[w + F.W_PKT_LEN] = ln
         u32[w + F.W_PAYLOAD_OFF] = off - base
@@ -88,26 +234,56 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
         g_seq[sub] = seq + 1
         u64[q + F.Q_SEQ] = seq
         u64[q + F.Q_TS] = now_ns
-        out_frame[j] = base
-        out_off[j] = off
-        out_len[j] = plen
-        out_seq[j] = seq
-        out_sub[j] = sub
+        # 5. fan-out: one ring slot per consumer, one count in the descriptor
+        refs, missed = fan_out(ctab, sub_start, sub_cons, sub, base, hub)
+        stats[S_DELIVERIES] += refs
+        stats[S_CONSUMER_DROPS] += missed
+        if self_ref:
+            refs += 1
+            out_frame[j] = base
+            out_off[j] = off
+            out_len[j] = plen
+            out_seq[j] = seq
+            out_sub[j] = sub
+            j += 1
         nbytes += plen
-        j += 1
-    # 4. one release store for the whole batch
+        stats[S_PACKETS] += 1
+        if refs == 0:
+            stats[S_UNDELIVERED] += 1  # nobody wanted it: straight back
+            u32[w + F.W_REFCNT] = 1
+            unref(u32, base, free, top, state, shift, hub)
+        else:
+            u32[w + F.W_REFCNT] = refs
+    # 6. one release store for the whole batch, one per consumer ring
     cons_release(rx_cons, rx_local, n)
-    stats[S_PACKETS] += j
+    publish(ctab, hub, wake)
     stats[S_BYTES] += nbytes
     stats[S_BATCHES] += 1
     return j
 
 
 @kernel
-def release(frames, n, free, top, state, shift, stats):
-    """Return @n HELD frames to the pool in one bulk put."""
-    bad = pool_put(free, top, state, frames, n, shift)
+def release(frames, n, umem, free, top, state, shift, stats, hub):
+    """The application's batch drops its reference to @n frames (bulk)."""
+    u32 = umem.view(np.uint32)
+    bad = 0
+    for i in range(n):
+        bad += unref(u32, frames[i], free, top, state, shift, hub)
     stats[S_RELEASED] += n - bad
     stats[S_VIOLATIONS] += bad
     return bad
+
+
+@kernel
+def reclaim(ctab, c, umem, free, top, state, shift, stats, hub):
+    """Consumer @c is gone: drop every reference it still holds, deactivate it.
+    Returns how many references were dropped."""
+    if ctab[c, C_ACTIVE] == 0:
+        return 0
+    held = (ctab[c, C_PROD] - ctab[c, C_REAPED]) & U32
+    stats[S_VIOLATIONS] += unref_range(ctab, c, ctab[c, C_PROD], umem.view(np.uint32),
+                                       free, top, state, shift, hub)
+    ctab[c, C_ACTIVE] = 0
+    hub[H_NACTIVE] -= 1
+    return held
 

@@ -69,3 +69,27 @@ def kernel(*sig):
 def inline(fn):
     """A small helper that Numba inlines into the kernels that call it."""
     return numba.njit(cache=True, nogil=True, inline="always")(fn)
+
+
+# ---- raw shared memory inside kernels ---------------------------------------
+from numba import carray, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+
+@intrinsic
+def as_voidptr(typingctx, addr):
+    """An integer address as a void pointer (for numba.carray)."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(addr), codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def raw(addr, n, dtype):
+    """A numpy view of @n items of @dtype at address @addr. The memory's owner
+    (a Python object holding the mapping) must outlive the call."""
+    return carray(as_voidptr(addr), n, dtype)

@@ -9,81 +9,32 @@ A Batch's frames belong to the application until the next recv() (or
 batch.release()); then they return to the pool in bulk. Its arrays
 (offsets, lengths, seqs, groups) are views of buffers reused by the next
 batch: copy what must outlive it.
+
+Fan-out: rx.subscribe(groups) adds a consumer (xdprx.consumer) that gets a
+reference to every frame of its groups through its own ring; the daemon
+does the same for other processes. pump() receives for the consumers only.
 """
 from __future__ import annotations
 
 import contextlib
 import errno as E
 import select
+import threading
 import time
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from . import bulk, context, fanout, native
+from .batch import Batch, Packet  # noqa: F401  (re-exported)
 from .bpfprog import XdpProgram
+from .consumer import Consumer
 from .errors import ConfigError, XdprxError, check_privileges
 from .groups import Group, group_table, parse_groups
+from .hub import Hub
 from .membership import Membership
 from .umem import Umem
 from .xsk import XskSocket
-
-
-@dataclass
-class Packet:
-    payload: memoryview
-    seq: int
-    group: Group
-    frame: int
-
-
-class Batch:
-    """Up to batch_size packets; zero-copy views into the UMEM."""
-
-    __slots__ = ("_rx", "_n", "umem", "timestamp_ns")
-
-    def __init__(self, rx: "Receiver", n: int, ts_ns: int) -> None:
-        self._rx = rx
-        self._n = n
-        self.umem: np.ndarray = rx.umem.area
-        self.timestamp_ns = ts_ns
-
-    # views made on demand: a Numba user touching two of them pays for two
-    @property
-    def frames(self) -> np.ndarray:
-        return self._rx._frame[:self._n]
-
-    @property
-    def offsets(self) -> np.ndarray:
-        return self._rx._off[:self._n]
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self._rx._len[:self._n]
-
-    @property
-    def seqs(self) -> np.ndarray:
-        return self._rx._seq[:self._n]
-
-    @property
-    def groups_idx(self) -> np.ndarray:
-        return self._rx._sub[:self._n]
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __iter__(self) -> Iterator[Packet]:
-        mv = self._rx._mv
-        groups = self._rx.groups
-        for i in range(self._n):
-            off = int(self.offsets[i])
-            yield Packet(mv[off: off + int(self.lengths[i])], int(self.seqs[i]),
-                         groups[self.groups_idx[i]], int(self.frames[i]))
-
-    def release(self) -> None:
-        """Give the frames back now (otherwise the next recv() does)."""
-        self._rx._release_held()
 
 
 class Receiver:
@@ -93,7 +44,7 @@ class Receiver:
                  mode: str = "auto", frames: int = 4096, frame_size: int = 2048,
                  headroom: int = 0, batch_size: int = 256, rx_size: int = 4096,
                  copy: str = "auto", join: bool = True, spin: int = 64,
-                 refill_min: int = 16) -> None:
+                 refill_min: int = 16, reserve: int | None = None) -> None:
         self.groups = parse_groups(groups)
         if mode not in ("auto", "native", "skb"):
             raise ConfigError(f"unknown mode {mode!r}", remedy="use auto, native or skb")
@@ -113,6 +64,7 @@ class Receiver:
         self.spin = spin
         self.refill_min = refill_min
         self._held = 0
+        self._batches = 0
         self._closed = False
         self._stack = contextlib.ExitStack()
         context.warm()
@@ -145,12 +97,19 @@ class Receiver:
         self._seq = np.zeros(batch_size, np.uint64)
         self._sub = np.zeros(batch_size, np.int32)
         self.counters = np.zeros(bulk.N_STATS, np.int64)
+        self._area = self.umem.area
         self._mv = memoryview(self.umem.area)
         self._poll = select.poll()
         self._poll.register(self.xsk.fd, select.POLLIN)
+        # held around every kernel call and consumer-table change: consumers may
+        # come and go from other threads (the control socket) while we receive
+        self._lock = threading.Lock()
+        self.hub = Hub(len(self.groups), self.umem.frames, reserve)
+        self.hub.reclaim = lambda c: int(context.reclaim_ctx(self._ctx, c))
+        self._gen = self.hub.generation
         self._ctx = self._make_context()
         self._fill_flags = self.umem.fill.flags
-        context.rx_burst_ctx(self._ctx, 0, 1)  # prime the FILL ring before traffic
+        context.rx_burst_ctx(self._ctx, 0, 1, 0)  # prime the FILL ring before traffic
 
     def _make_context(self) -> np.ndarray:
         u, r, f, p = self.umem, self.xsk.rx, self.umem.fill, self.umem.pool
@@ -161,39 +120,114 @@ class Receiver:
             "free": p.free, "top": p.top, "state": p.state, "umem": u.area,
             "g_addr": self._g_addr, "g_port": self._g_port, "g_seq": self._g_seq,
             "out_frame": self._frame, "out_off": self._off, "out_len": self._len,
-            "out_seq": self._seq, "out_sub": self._sub, "stats": self.counters}, p.shift)
+            "out_seq": self._seq, "out_sub": self._sub, "stats": self.counters,
+            "ctab": self.hub.ctab, "sub_start": self.hub.sub_start,
+            "sub_cons": self.hub.sub_cons, "wake": self.hub.wake, "hub": self.hub.hub}, p.shift)
+
+    # ---- consumers ----------------------------------------------------------
+    def subscribe(self, groups: Iterable[str | Group] | str | Group | None = None,
+                  ring_size: int = 2048, quota: int | None = None, batch_size: int = 256,
+                  spin: int = 64) -> Consumer:
+        """An in-process consumer of @groups (default: all of this receiver's)."""
+        return Consumer(self, self.add_consumer(groups, ring_size, quota), batch_size, spin)
+
+    def add_consumer(self, groups, ring_size: int = 2048, quota: int | None = None,
+                     info: dict | None = None):
+        """Register a consumer ring (the daemon's control socket uses this)."""
+        subs = self.subscription_ids(groups)
+        with self._lock:
+            self._check_open()
+            e = self.hub.add(subs, ring_size, quota, self.umem.frame_size, info)
+            self._refresh_context()
+        return e
+
+    def unsubscribe(self, cid: int) -> int:
+        """Remove consumer @cid; every frame it held is released. Returns how many."""
+        with self._lock:
+            if self._closed:
+                return 0
+            n = self.hub.remove(cid)
+            self._refresh_context()
+        return n
+
+    def subscription_ids(self, groups) -> list[int]:
+        if groups is None:
+            return list(range(len(self.groups)))
+        want = parse_groups([groups] if isinstance(groups, (str, Group)) else groups)
+        ids = []
+        for g in want:
+            if g not in self.groups:
+                raise ConfigError(f"{g} is not received here (groups: "
+                                  f"{', '.join(map(str, self.groups))})",
+                                  remedy="add it with --group when starting xdprx run")
+            ids.append(self.groups.index(g))
+        return ids
+
+    def _refresh_context(self) -> None:
+        if self._gen != self.hub.generation:
+            self._ctx = self._make_context()
+            self._gen = self.hub.generation
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise XdprxError("receiver is closed", E.EBADF, "create a new Receiver")
 
     # ---- receive ------------------------------------------------------------
     def _release_held(self) -> None:
         if self._held:
-            context.release_ctx(self._ctx, self._held)
+            with self._lock:
+                context.release_ctx(self._ctx, self._held)
             self._held = 0
 
-    def recv(self, timeout: float | None = None) -> Batch:
-        """The next batch; empty if @timeout (seconds) passes first. Spins a
-        little, then blocks in poll(): a busy receiver that never sleeps can
-        starve the kernel's own receive work on the same CPU."""
-        if self._closed:
-            raise XdprxError("receiver is closed")
-        self._release_held()
+    def _burst(self, now: int, self_ref: int) -> int:
+        """One receive kernel call (reap, refill, receive, fan-out, publish)."""
+        with self._lock:
+            self._check_open()
+            n = context.rx_burst_ctx(self._ctx, now, self.refill_min, self_ref)
+            if self.hub.hub[bulk.H_NWAKE]:
+                self.hub.wake_sleepers()
+        if self._fill_flags[0] & native.XDP_RING_NEED_WAKEUP:
+            self._poll.poll(0)  # the driver asked to be kicked to use the new FILL entries
+        return n
+
+    def _wait(self, self_ref: int, timeout: float | None) -> tuple[int, int]:
+        """Burst until something arrives; spin a little, then block in poll():
+        a busy receiver that never sleeps can starve the kernel's own receive
+        work on the same CPU. Returns (count, time)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         spins = 0
         while True:
             now = time.monotonic_ns()
-            n = context.rx_burst_ctx(self._ctx, now, self.refill_min)
-            if self._fill_flags[0] & native.XDP_RING_NEED_WAKEUP:
-                self._poll.poll(0)  # the driver asked to be kicked to use the new FILL entries
-            if n:
-                self._held = n
-                return Batch(self, n, now)
+            n = self._burst(now, self_ref)
+            if n or (not self_ref and self.counters[bulk.S_BATCHES] != self._batches):
+                return n, now
             if spins < self.spin:
                 spins += 1
                 continue
             wait_ms = -1 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
             if deadline is not None and wait_ms == 0 and spins > self.spin:
-                return Batch(self, 0, now)
+                return 0, now
             self._poll.poll(wait_ms if wait_ms >= 0 else 1000)
             spins += 1
+
+    def recv(self, timeout: float | None = None) -> Batch:
+        """The next batch; empty if @timeout (seconds) passes first. Consumers
+        get their references in the same call."""
+        self._check_open()
+        self._release_held()
+        n, now = self._wait(1, timeout)
+        self._held = n
+        return Batch(self, n, now)
+
+    def pump(self, timeout: float | None = None) -> int:
+        """Receive for the consumers only (the application takes no reference):
+        one batch, or nothing within @timeout. Returns the packets received."""
+        self._check_open()
+        self._release_held()
+        self._batches = self.counters[bulk.S_BATCHES]
+        before = int(self.counters[bulk.S_PACKETS])
+        self._wait(0, timeout)
+        return int(self.counters[bulk.S_PACKETS]) - before
 
     def __iter__(self) -> Iterator[Batch]:
         while not self._closed:
@@ -209,11 +243,14 @@ class Receiver:
         c = self._counters()
         pool = self.umem.pool.census()
         xs = self.xsk.statistics()
+        with self._lock:
+            consumers = self.hub.consumer_stats(self.groups)
         return {"interface": self.ifname, "queue": self.queue, "mode": self.mode,
                 "zerocopy": self.zerocopy, "groups": [str(g) for g in self.groups],
                 "receiver": c, "xdp": self.prog.counters(), "xsk": xs,
                 "drops": xs["rx_dropped"] + xs["rx_ring_full"],
-                "frames": dict(pool, total=self.umem.pool.total)}
+                "frames": dict(pool, total=self.umem.pool.total),
+                "consumers": consumers}
 
     def stats_after_close(self) -> dict:
         """What is still known once closed: receiver counters and the pool."""
@@ -232,6 +269,9 @@ class Receiver:
         if self._closed:
             return
         self._release_held()
+        with self._lock:
+            self.hub.close()   # consumers are told; their frames come back
+            self._refresh_context()
         try:
             xs = self.xsk.statistics()
             self._final_drops = xs["rx_dropped"] + xs["rx_ring_full"]
