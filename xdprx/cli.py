@@ -1,4 +1,4 @@
-"""The `xdprx` command: run, stats, demo.
+"""The `xdprx` command: run, subscribe, stats, demo.
 
 Every user error ends in one line `xdprx: error: <what>; <remedy>` and exit
 code 2 (argparse's convention for usage errors).
@@ -26,16 +26,17 @@ def _add_rx_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .control import default_path
+    from .control import default_path, parse_ids
     from .daemon import Daemon
     from .groups import parse_groups
     from .receiver import Receiver
-    parse_groups(a.group)  # report bad groups before touching the system
+    parse_groups(a.group)  # report bad input before touching the system
+    uids, gids = parse_ids(a.allow_uid, "uid"), parse_ids(a.allow_gid, "gid")
     rx = Receiver(a.iface, a.group, queue=a.queue, mode=a.mode, frames=a.frames,
                   frame_size=a.frame_size, batch_size=a.batch)
     try:
         d = Daemon(rx, a.control or default_path(a.iface), interval=a.interval,
-                   json_lines=a.json)
+                   json_lines=a.json, allow_uids=uids, allow_gids=gids)
         d.serve(duration=a.duration)
     finally:
         rx.close()
@@ -55,11 +56,28 @@ def cmd_stats(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(st, indent=2))
     else:
-        from .daemon import format_line
+        from .daemon import format_consumer, format_line
         print(format_line(st, None, 1.0))
         for k in ("receiver", "xdp", "xsk", "frames"):
             print(f"  {k:9s} " + "  ".join(f"{n}={v}" for n, v in st[k].items()))
+        for c in st.get("consumers", []):
+            print(format_consumer(c))
     return 0
+
+
+def cmd_subscribe(a: argparse.Namespace) -> int:
+    from .control import default_path
+    from .groups import parse_groups
+    from .subscribe import subscribe
+    path = a.control or (default_path(a.iface) if a.iface else None)
+    if not path:
+        raise XdprxError("which daemon?", 0, "pass --control PATH (or the interface name)")
+    if not a.group:
+        raise XdprxError("no group given", 0, "pass --group G:PORT (repeatable)")
+    groups = [str(g) for g in parse_groups(a.group)]
+    return subscribe(path, groups, count=a.count, duration=a.duration, pcap=a.pcap,
+                     as_json=a.json, digest=a.digest, ring=a.ring, quota=a.quota,
+                     interval=a.interval)
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -77,7 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--interval", type=float, default=1.0, help="seconds between stat lines")
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     r.add_argument("--json", action="store_true", help="stat lines as JSON")
+    r.add_argument("--allow-uid", action="append", default=[], metavar="UID",
+                   help="only these users (and root) may connect (names or numbers, repeatable)")
+    r.add_argument("--allow-gid", action="append", default=[], metavar="GID",
+                   help="members of these groups may connect too (repeatable)")
     r.set_defaults(fn=cmd_run)
+    c = sub.add_parser("subscribe", help="consume a running daemon's packets in this process")
+    c.add_argument("iface", nargs="?", help="the daemon's interface (or use --control)")
+    c.add_argument("--control", help="the daemon's control socket")
+    c.add_argument("--group", action="append", default=[], metavar="G:PORT",
+                   help="group to consume (repeatable; the daemon must receive it)")
+    c.add_argument("--count", type=int, default=None, help="stop after N packets")
+    c.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    c.add_argument("--pcap", metavar="FILE", help="write received frames to a pcap file")
+    c.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    c.add_argument("--digest", action="store_true", help="SHA-256 of each group's payloads")
+    c.add_argument("--ring", type=int, default=2048, help="consumer ring slots (power of two)")
+    c.add_argument("--quota", type=int, default=None, help="frames we may hold (default: ring)")
+    c.add_argument("--interval", type=float, default=1.0, help="seconds between live lines")
+    c.set_defaults(fn=cmd_subscribe)
     s = sub.add_parser("stats", help="counters of a running daemon")
     s.add_argument("iface", nargs="?")
     s.add_argument("--control")

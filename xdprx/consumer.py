@@ -25,6 +25,7 @@ import numpy as np
 
 from . import cring as CR
 from .batch import Batch
+from .control import connect, refused
 from .errors import ConfigError, XdprxError
 from .groups import Group
 from .jit import cache_lock
@@ -169,12 +170,10 @@ class Subscriber(Reader):
         if not want:
             raise ConfigError("no group to subscribe to", remedy="pass e.g. 239.1.2.3:5000")
         self._maps: list[mmap.mmap] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self._sock.settimeout(timeout)
         self._closed = False
+        self._sock = connect(control, timeout)
         efd = -1
         try:
-            _connect(self._sock, control)
             req = {"cmd": "subscribe", "groups": want, "ring": ring_size, "quota": quota,
                    "name": name}
             self._sock.sendall(json.dumps(req).encode() + b"\n")
@@ -182,9 +181,7 @@ class Subscriber(Reader):
             try:
                 reply = json.loads(msg or b"{}")
                 if not reply.get("ok"):
-                    raise XdprxError(f"daemon refused the subscription: "
-                                     f"{reply.get('error', 'connection closed')}",
-                                     int(reply.get("errno", 0)), reply.get("remedy", ""))
+                    raise refused(reply, "daemon refused the subscription")
                 if len(fds) != 4:
                     raise XdprxError("daemon sent no shared memory", E.EPROTO)
                 umem_fd, ring_fd, ctl_fd, efd = fds
@@ -234,20 +231,6 @@ class Subscriber(Reader):
             except BufferError:
                 pass  # the user still holds a view; it unmaps with it
         self._maps = []
-
-
-def _connect(sock: socket.socket, path: str) -> None:
-    try:
-        sock.connect(path)
-    except FileNotFoundError:
-        raise XdprxError(f"no control socket at {path}", E.ENOENT,
-                         "is `xdprx run` running? pass its --control path") from None
-    except ConnectionRefusedError:
-        raise XdprxError(f"nobody listens on {path}", E.ECONNREFUSED,
-                         "the daemon has exited; start `xdprx run` again") from None
-    except PermissionError:
-        raise XdprxError(f"not allowed to connect to {path}", E.EACCES,
-                         "run as root or as a member of the socket's group") from None
 
 
 def warm() -> None:

@@ -7,7 +7,8 @@ import sys
 import time
 from typing import TextIO
 
-from .control import ControlServer
+from .control import ControlServer, Peer, Reply
+from .cring import reopen_readonly
 from .receiver import Receiver
 
 
@@ -18,12 +19,21 @@ def format_line(st: dict, prev: dict | None, dt: float) -> str:
     f = st["frames"]
     return (f"rx {r['packets']:>12,d} pkts {pps:>12,.0f} pps {mbps:>9.1f} Mb/s | "
             f"drops {st['drops']:,d} | passed to kernel {st['xdp']['passed']:,d} | "
-            f"frames free {f['free']} kernel {f['kernel']} held {f['held']}")
+            f"frames free {f['free']} kernel {f['kernel']} held {f['held']}"
+            + (f" | consumers {len(st['consumers'])}" if st.get("consumers") else ""))
+
+
+def format_consumer(c: dict) -> str:
+    who = f"pid {c['pid']} uid {c['uid']}" if "pid" in c else "in-process"
+    return (f"  consumer {c['id']:>3} ({who}{', ' + c['name'] if c.get('name') else ''}) "
+            f"{','.join(c['groups'])}: delivered {c['delivered']:,d} dropped {c['dropped']:,d} "
+            f"held {c['held']}/{c['quota']}")
 
 
 class Daemon:
     def __init__(self, rx: Receiver, control: str | None, out: TextIO = sys.stdout,
-                 interval: float = 1.0, json_lines: bool = False) -> None:
+                 interval: float = 1.0, json_lines: bool = False,
+                 allow_uids: set[int] | None = None, allow_gids: set[int] | None = None) -> None:
         self.rx = rx
         self.out = out
         self.interval = interval
@@ -31,10 +41,38 @@ class Daemon:
         self.stopping = False
         # handlers first: once the control socket exists, a signal must stop us cleanly
         self._old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.control = ControlServer(control, {"stats": self._stats}) if control else None
+        self.control = ControlServer(control, {"stats": self._stats, "subscribe": self._subscribe},
+                                     allow_uids, allow_gids) if control else None
 
-    def _stats(self, req: dict) -> dict:
-        return {"ok": True, "stats": self.rx.stats()}
+    def _log(self, msg: str) -> None:
+        print(f"xdprx: {msg}", file=self.out, flush=True)
+
+    def _stats(self, req: dict, peer: Peer) -> Reply:
+        return Reply({"ok": True, "stats": self.rx.stats()})
+
+    def _subscribe(self, req: dict, peer: Peer) -> Reply:
+        """A consumer in another process: its ring, and the UMEM read-only."""
+        ring = int(req.get("ring") or 2048)
+        quota = req.get("quota")
+        name = str(req.get("name") or "")[:64]
+        e = self.rx.add_consumer(req.get("groups"), ring, None if quota is None else int(quota),
+                                 info={"pid": peer.pid, "uid": peer.uid, "name": name})
+        cid = e.ring.id
+        try:
+            fds = [reopen_readonly(self.rx.umem.memfd)] + e.ring.reader_fds()
+        except OSError:
+            self.rx.unsubscribe(cid)
+            raise
+        self._log(f"consumer {cid} (pid {peer.pid} uid {peer.uid}) subscribed to "
+                  f"{', '.join(str(self.rx.groups[s]) for s in e.subs)}")
+
+        def gone() -> None:
+            n = self.rx.unsubscribe(cid)
+            self._log(f"consumer {cid} (pid {peer.pid}) left; {n} frame references reclaimed")
+        return Reply({"ok": True, "consumer": cid, "groups": [str(g) for g in self.rx.groups],
+                      "subs": e.subs, "umem_size": self.rx.umem.size,
+                      "frame_size": self.rx.umem.frame_size, "ring": ring,
+                      "quota": int(e.ring.views.quota)}, fds, gone)
 
     def stop(self, *_sig) -> None:
         self.stopping = True
@@ -48,12 +86,14 @@ class Daemon:
             if self.control:
                 print(f"xdprx: control socket {self.control.path}", file=self.out, flush=True)
             while not self.stopping:
-                self.rx.recv(timeout=0.2)
+                self.rx.pump(timeout=0.2)
                 now = time.monotonic()
                 if now - last >= self.interval:
                     st = self.rx.stats()
-                    line = json.dumps(st) if self.json_lines else format_line(st, prev, now - last)
-                    print(line, file=self.out, flush=True)
+                    if self.json_lines:
+                        print(json.dumps(st), file=self.out, flush=True)
+                    else:
+                        print(format_line(st, prev, now - last), file=self.out, flush=True)
                     prev, last = st, now
                 if duration is not None and now - t0 >= duration:
                     break

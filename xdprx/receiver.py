@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import bulk, context, fanout, native
-from .batch import Batch, Packet  # noqa: F401  (re-exported)
+from .batch import Batch
 from .bpfprog import XdpProgram
 from .consumer import Consumer
 from .errors import ConfigError, XdprxError, check_privileges

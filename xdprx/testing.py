@@ -262,6 +262,90 @@ def _csum(b: bytes) -> int:
     return ~s & 0xFFFF
 
 
+# ---- the daemon and its consumers, as processes ---------------------------------
+XDPRX = [sys.executable, "-m", "xdprx.cli"]
+
+
+def control_answers(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class DaemonProcess:
+    """`xdprx run` in the rx namespace of @pair, serving @control; started when
+    entered (once its control socket answers), SIGTERMed and reaped on exit."""
+
+    def __init__(self, pair: VethPair, control: str, groups: list[str], *extra: str) -> None:
+        argv = XDPRX + ["run", pair.rx_if, "--control", control, "--interval", "0.5"]
+        for g in groups:
+            argv += ["--group", g]
+        self.control = control
+        self.proc = pair.popen("rx", argv + list(extra), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        self.out = self.err = ""
+        deadline = time.monotonic() + 30
+        while not control_answers(control):  # a stale file may exist: wait for a live one
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"daemon did not start: {self.proc.communicate()}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = 15, timeout: float = 30) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            self.out, self.err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode
+
+    def __enter__(self) -> "DaemonProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.stop()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def consume(control: str, groups: list[str], consumers: int, count: int, timeout: float,
+            stall: bool = False) -> list[dict]:
+    """@consumers Subscribers of @groups in this process, read round-robin until
+    each has @count packets or @timeout; prints "ready" once all subscribed.
+    With @stall they subscribe and never read (holding what they get)."""
+    from .consumer import Subscriber
+    from .subscribe import Digest
+    subs = [Subscriber(control, groups, name=f"consume-{os.getpid()}-{i}", spin=0)
+            for i in range(consumers)]
+    digests = [Digest() for _ in subs]
+    print("ready", flush=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stall:
+            time.sleep(0.05)
+            continue
+        idle = True
+        for s, d in zip(subs, digests):
+            b = s.recv(timeout=0)
+            idle = idle and not len(b)
+            for pkt in b:
+                d.add(str(pkt.group), pkt.seq, pkt.payload)
+        if all(s.counts[0] >= count for s in subs) or any(s.daemon_gone for s in subs):
+            break
+        if idle:
+            time.sleep(0.002)
+    out = [{"id": s.id, "stats": s.stats(), "groups": d.summary()} for s, d in zip(subs, digests)]
+    for s in subs:
+        s.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m xdprx.testing")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -275,7 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--timeout", type=float, default=60.0)
     r = sub.add_parser("send-raw", help="send Ethernet frames given as hex lines on stdin")
     r.add_argument("--ifname", default=VethPair.tx_if)
+    c = sub.add_parser("consume", help="Subscribers of a daemon; JSON digests at the end")
+    c.add_argument("--control", required=True)
+    c.add_argument("--group", action="append", required=True)
+    c.add_argument("--consumers", type=int, default=1)
+    c.add_argument("--count", type=int, required=True)
+    c.add_argument("--timeout", type=float, default=30.0)
+    c.add_argument("--stall", action="store_true")
     a = ap.parse_args(argv)
+    if a.cmd == "consume":
+        import json
+        print(json.dumps(consume(a.control, a.group, a.consumers, a.count, a.timeout, a.stall)))
+        return 0
     if a.cmd == "send-raw":
         frames = [bytes.fromhex(line) for line in sys.stdin.read().split()]
         print(send_raw(a.ifname, frames))
