@@ -54,8 +54,8 @@ class Hub:
     def add(self, subs: list[int], ring_size: int, quota: int | None, frame_size: int,
             info: dict | None = None) -> Entry:
         check_ring(ring_size)
-        quota = ring_size if quota is None else quota
         room = int(self.hub[B.H_TOTAL] - self.hub[B.H_RESERVE])
+        quota = min(ring_size, room) if quota is None else quota
         if not 1 <= quota <= min(ring_size, room):
             raise ConfigError(f"quota {quota} out of range",
                               remedy=f"use 1..{min(ring_size, room)} (ring size and the "

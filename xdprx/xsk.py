@@ -10,11 +10,15 @@ from __future__ import annotations
 import ctypes
 import errno as E
 import os
+import time
 
 from . import native
 from .errors import ConfigError, from_errno
 from .ring import Ring
 from .umem import Umem
+
+
+BUSY_WAIT = 2.0  # seconds to wait for a just-closed socket's queue
 
 
 class XskSocket:
@@ -29,13 +33,21 @@ class XskSocket:
         cfg = native.XskSocketConfig(rx_size=rx_size, tx_size=0,
                                      libxdp_flags=native.XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
                                      xdp_flags=0, bind_flags=bind)
-        err = native.libxdp.xsk_socket__create(ctypes.byref(self._handle), os.fsencode(ifname),
-                                               queue, umem.handle, ctypes.byref(self.rx_x),
-                                               None, ctypes.byref(cfg))
+        # the kernel frees a closed socket's buffer pool from a work queue: a
+        # socket closed a moment ago (a restart) can still hold the queue
+        deadline = time.monotonic() + BUSY_WAIT
+        while True:
+            err = native.libxdp.xsk_socket__create(
+                ctypes.byref(self._handle), os.fsencode(ifname), queue, umem.handle,
+                ctypes.byref(self.rx_x), None, ctypes.byref(cfg))
+            if abs(err) != E.EBUSY or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         if err:
             remedy = {E.EINVAL: f"does {ifname} have a queue {queue}? (ethtool -l {ifname})",
                       E.EOPNOTSUPP: "the driver has no zero-copy: use copy mode",
-                      E.EBUSY: f"another AF_XDP socket is bound to {ifname} queue {queue}"}
+                      E.EBUSY: f"another AF_XDP socket is bound to {ifname} queue {queue} "
+                               f"(still after {BUSY_WAIT:.0f} s)"}
             raise from_errno(f"creating an AF_XDP socket on {ifname} queue {queue}", err,
                              remedy.get(abs(err), ""))
         self.fd = native.libxdp.xsk_socket__fd(self._handle)
