@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PKGS=(clang llvm libxdp-dev libxdp1 libbpf-dev libbpf1 xdp-tools bpftool iproute2
-      iputils-ping util-linux ethtool gcc libc6-dev linux-libc-dev python3-venv python3-dev)
+      iputils-ping util-linux ethtool gcc libc6-dev linux-libc-dev python3-venv python3-dev
+      tcpdump)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
