@@ -50,7 +50,10 @@ def contenders(seconds: float, mode: str) -> dict[str, list[str]]:
     }
 
 
-def measure(pair: VethPair, argv: list[str], seconds: float) -> dict:
+def run_pinned(pair: VethPair, argv: list[str], seconds: float) -> dict:
+    """Start the receiver @argv on RX_CPU in the rx namespace, wait for its
+    "ready", run the generator on GEN_CPU for @seconds + 1.5 s, and return the
+    receiver's last JSON line plus offered_pps."""
     rx = pair.popen("rx", ["taskset", "-c", RX_CPU] + argv, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True)
     try:
@@ -64,9 +67,15 @@ def measure(pair: VethPair, argv: list[str], seconds: float) -> dict:
     finally:
         if rx.poll() is None:
             rx.kill()
+            rx.wait()
     res = json.loads(out.strip().splitlines()[-1])
     res["offered"] = int(gen.stdout.strip() or 0)
     res["offered_pps"] = res["offered"] / (seconds + 1.5)
+    return res
+
+
+def measure(pair: VethPair, argv: list[str], seconds: float) -> dict:
+    res = run_pinned(pair, argv, seconds)
     res["pps"] = res["packets"] / res["seconds"] if res["seconds"] else 0.0
     res["cpu_ns_per_pkt"] = res["cpu"] / res["packets"] * 1e9 if res["packets"] else 0.0
     return res

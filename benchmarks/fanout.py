@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench import GEN_CPU, OUT, RX_CPU, _cpu_model, build
+from bench import OUT, _cpu_model, build, run_pinned
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -35,25 +34,10 @@ def run_one(pair: VethPair, argv: list[str], seconds: float, kernel_path: bool) 
                             str(OUT / "pass_kern.o"), "sec", "xdp"])
         assert r.returncode == 0, r.stderr
     try:
-        rx = pair.popen("rx", ["taskset", "-c", RX_CPU] + argv, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True)
-        try:
-            line = rx.stdout.readline()
-            if line.strip() != "ready":
-                raise RuntimeError(f"receiver did not start: {line} {rx.stderr.read()}")
-            gen = pair.run("tx", ["taskset", "-c", GEN_CPU, str(OUT / "gen"),
-                                  str(OUT / "gen_kern.o"), pair.tx_if, str(seconds + 1.5)],
-                           timeout=seconds + 60)
-            out, err = rx.communicate(timeout=seconds + 60)
-        finally:
-            if rx.poll() is None:
-                rx.kill()
-                rx.wait()
+        res = run_pinned(pair, argv, seconds)
     finally:
         if kernel_path:
             pair.run("rx", ["ip", "link", "set", "dev", pair.rx_if, "xdpdrv", "off"])
-    res = json.loads(out.strip().splitlines()[-1])
-    res["offered_pps"] = int(gen.stdout.strip() or 0) / (seconds + 1.5)
     res["deliveries_per_s"] = res["deliveries"] / res["seconds"]
     res["cpu_ns_per_delivery"] = res["cpu"] / res["deliveries"] * 1e9 if res["deliveries"] else 0
     return res

@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ import time
 import pytest
 
 from xdprx import cli
-from xdprx.testing import send_cmd
+from xdprx.testing import control_answers, send_cmd
 
 from helpers import xdp_attached
 
@@ -24,23 +23,12 @@ def start_daemon(pair, tmp_path, *extra):
                                   "--interval", "0.5", *extra],
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while not _answers(ctl):  # a stale socket file may exist: wait for a live one
+    while not control_answers(ctl):  # a stale socket file may exist: wait for a live one
         if p.poll() is not None or time.monotonic() > deadline:
             p.kill()
             raise AssertionError(f"daemon did not start: {p.communicate()}")
         time.sleep(0.05)
     return p, ctl
-
-
-def _answers(path):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def wait_detached(pair, timeout=5.0):

@@ -2,7 +2,6 @@
 program and a real AF_XDP socket: exact delivery, isolation, flat memory."""
 import time
 
-import numpy as np
 import pytest
 
 import xdprx

@@ -50,16 +50,19 @@ def stats(ctl):
     return request(ctl, {"cmd": "stats"})["stats"]
 
 
-def test_16_processes_64_consumers_get_exactly_their_groups(pair, tmp_path):
+@pytest.mark.parametrize("procs,per_proc", [(1, 1), (8, 1), (16, 4)])
+def test_processes_get_exactly_their_groups(pair, tmp_path, procs, per_proc):
+    """1, 8 and 64 consumers in 1, 8 and 16 processes, mixed over 3 groups."""
     n = 600
+    total = procs * per_proc
     ctl = str(tmp_path / "x.sock")
     with DaemonProcess(pair, ctl, GROUPS) as d:
-        procs = [consume_proc(ctl, groups_of(i), consumers=4, count=n * len(groups_of(i)))
-                 for i in range(16)]
+        procs = [consume_proc(ctl, groups_of(i), consumers=per_proc,
+                              count=n * len(groups_of(i))) for i in range(procs)]
         try:
             wait_ready(procs)
             st = stats(ctl)
-            assert len(st["consumers"]) == 64
+            assert len(st["consumers"]) == total
             assert {c["pid"] for c in st["consumers"]} == {p.pid for p in procs}
             senders = [pair.popen("tx", send_cmd(g, n, seed=30 + k, rate=2000))
                        for k, g in enumerate(GROUPS)]
@@ -71,7 +74,7 @@ def test_16_processes_64_consumers_get_exactly_their_groups(pair, tmp_path):
                 if p.poll() is None:
                     p.kill()
         for i, res in enumerate(results):
-            assert len(res) == 4
+            assert len(res) == per_proc
             for c in res:
                 assert sorted(c["groups"]) == sorted(groups_of(i))
                 for g in groups_of(i):
@@ -93,7 +96,7 @@ def test_16_processes_64_consumers_get_exactly_their_groups(pair, tmp_path):
         assert st["receiver"]["violations"] == 0
         assert d.stop() == 0
     assert "frames back in pool 4096/4096" in d.out
-    assert d.out.count("subscribed to") == 64 and d.out.count(" left; ") == 64
+    assert d.out.count("subscribed to") == total and d.out.count(" left; ") == total
 
 
 def test_sigkilled_consumer_is_reclaimed_within_a_second(pair, tmp_path):

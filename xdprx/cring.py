@@ -34,8 +34,8 @@ import numpy as np
 
 from . import fanout as F
 from .atomics import fence_seq_cst, load_acquire, store_release
-from .jit import inline, kernel
-from .ring import U32
+from .jit import kernel
+from .ring import U32, cons_peek
 
 RING_MAGIC = 0x52435258  # 'XRCR'
 RING_VERSION = 1
@@ -145,17 +145,6 @@ class ConsumerRing:
 
 
 # ---- the consumer's read kernel ----------------------------------------------
-@inline
-def cring_peek(prod, local, n):
-    """Entries (<= n) ready after local[1]; acquire pairs with the producer's
-    release: the slots and the frames' descriptors are visible."""
-    avail = (local[0] - local[1]) & U32
-    if avail < n:
-        local[0] = load_acquire(prod)
-        avail = (local[0] - local[1]) & U32
-    return min(avail, n)
-
-
 @kernel
 def cring_read(prod, slots, local, umem, shift, max_n, next_seq, counts,
                out_frame, out_off, out_len, out_seq, out_sub):
@@ -164,7 +153,8 @@ def cring_read(prod, slots, local, umem, shift, max_n, next_seq, counts,
     a jump in a subscription's sequence numbers (packets this consumer missed).
     Returns how many ring entries were read (release exactly that many);
     counts[4] says how many of them are in out_*."""
-    n = cring_peek(prod, local, max_n)
+    # acquire pairs with the producer's release: slots and descriptors are visible
+    n = cons_peek(prod, local, max_n)
     counts[4] = 0
     if n == 0:
         return 0

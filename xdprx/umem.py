@@ -2,18 +2,23 @@
 
 Frame ownership (the state machine every kernel and test relies on)::
 
-      FREE ──refill (bulk.py)──► KERNEL ──rx peek (bulk.py)──► HELD
+      FREE ──refill (bulk.py)──► KERNEL ──rx peek (bulk.py)──► HELD (refcount r)
         ▲                                                        │
-        └──────────────── release (bulk.py, in bulk) ◄───────────┘
+        └──── last reference dropped (bulk.unref, in bulk) ◄─────┘
 
     FREE    in the pool's free stack; owned by xdprx; nobody reads it.
     KERNEL  submitted to the FILL ring; owned by the kernel (in FILL, in the
             driver, or written and waiting in the RX ring) until we peek it.
-    HELD    peeked from RX; owned by user space: the application (a Batch) or
-            consumers. Its headroom holds the scratch descriptor (fanout.py).
+    HELD    peeked from RX; owned by its r >= 1 holders: the application's
+            Batch and/or the consumers whose rings hold a reference. r lives
+            in the frame's headroom descriptor (fanout.py). References go
+            when the Batch is released, when the reap step sees a consumer's
+            release cursor pass them, or when a departed consumer is
+            reclaimed; the last one returns the frame to FREE.
 
-Only the receive thread moves frames, so the state array and the free stack
-need no atomics. Invariant, at every batch boundary:
+Only the receive thread moves frames and writes reference counts, so the
+state array, the counts and the free stack need no atomics. Invariant, at
+every batch boundary:
     free + kernel + held == total        (checked by FramePool.census)
 A transition from an unexpected state is a bug or a corrupt descriptor from
 the ring: it is counted (``violations``) and the frame is not moved.
