@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import XdprxError, from_errno
+from .errors import ConfigError, XdprxError, from_errno
 
 DEFAULT_DIR = "/run/xdprx"
 SO_PEERGROUPS = 59
@@ -78,7 +78,6 @@ def parse_ids(values: list[str], kind: str) -> set[int]:
                 out.add(int(item) if item.isdigit() else
                         (pwd.getpwnam(item).pw_uid if kind == "uid" else grp.getgrnam(item).gr_gid))
             except KeyError:
-                from .errors import ConfigError
                 raise ConfigError(f"unknown {'user' if kind == 'uid' else 'group'} {item!r}",
                                   remedy="use a name from /etc/passwd or /etc/group, or a number")
     return out

@@ -11,7 +11,6 @@ can add and remove consumers while the receive loop runs.
 from __future__ import annotations
 
 import errno as E
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,7 +29,6 @@ class Entry:
     ring: ConsumerRing
     subs: list[int]
     info: dict = field(default_factory=dict)   # pid, uid, name: for stats
-    since: float = field(default_factory=time.time)
 
 
 class Hub:
@@ -48,7 +46,6 @@ class Hub:
         self.sub_cons = np.zeros(1, np.int32)
         self.generation = 0          # bumped when sub_* are replaced
         self.reclaim: Callable[[int], int] = lambda c: 0   # set by the Receiver
-        self.departed = 0
 
     # ---- changes (under the Receiver's lock) ------------------------------------
     def add(self, subs: list[int], ring_size: int, quota: int | None, frame_size: int,
@@ -93,7 +90,6 @@ class Hub:
         e.ring.close()
         active = np.flatnonzero(self.ctab[:, B.C_ACTIVE])
         self.hub[B.H_NSLOTS] = int(active[-1]) + 1 if len(active) else 0
-        self.departed += 1
         return dropped
 
     def _reindex(self) -> None:
