@@ -74,11 +74,15 @@ def run_pinned(pair: VethPair, argv: list[str], seconds: float) -> dict:
     return res
 
 
-def measure(pair: VethPair, argv: list[str], seconds: float) -> dict:
-    res = run_pinned(pair, argv, seconds)
-    res["pps"] = res["packets"] / res["seconds"] if res["seconds"] else 0.0
-    res["cpu_ns_per_pkt"] = res["cpu"] / res["packets"] * 1e9 if res["packets"] else 0.0
+def add_rates(res: dict, count: str, rate: str, cpu_ns: str) -> dict:
+    """res[rate] = res[count] per second; res[cpu_ns] = receiver CPU ns per count."""
+    res[rate] = res[count] / res["seconds"] if res["seconds"] else 0.0
+    res[cpu_ns] = res["cpu"] / res[count] * 1e9 if res[count] else 0.0
     return res
+
+
+def measure(pair: VethPair, argv: list[str], seconds: float) -> dict:
+    return add_rates(run_pinned(pair, argv, seconds), "packets", "pps", "cpu_ns_per_pkt")
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import OUT, _cpu_model, build, run_pinned
+from bench import OUT, _cpu_model, add_rates, build, run_pinned
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -38,9 +38,7 @@ def run_one(pair: VethPair, argv: list[str], seconds: float, kernel_path: bool) 
     finally:
         if kernel_path:
             pair.run("rx", ["ip", "link", "set", "dev", pair.rx_if, "xdpdrv", "off"])
-    res["deliveries_per_s"] = res["deliveries"] / res["seconds"]
-    res["cpu_ns_per_delivery"] = res["cpu"] / res["deliveries"] * 1e9 if res["deliveries"] else 0
-    return res
+    return add_rates(res, "deliveries", "deliveries_per_s", "cpu_ns_per_delivery")
 
 
 def main() -> int:

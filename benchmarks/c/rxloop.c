@@ -22,7 +22,6 @@
 #define NFRAMES 4096
 #define FSIZE 2048
 
-
 int main(int argc, char **argv)
 {
 	if (argc < 6) {

@@ -14,13 +14,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clock.h"
-#include <unistd.h>
 
 #define VLEN 64
 #define MAXS 256
-
 
 int main(int argc, char **argv)
 {
