@@ -43,10 +43,10 @@ def run(rx, consumers, senders, done, timeout=60.0, digests=None):
 
 
 def assert_pool_whole(rx):
-    rx.umem.pool.check()
-    c = rx.umem.pool.census()
-    assert c["held"] == 0 and c["free"] + c["kernel"] == rx.umem.pool.total, c
-    assert rx.hub.hub[bulk.H_HELD] == 0
+    fill = rx.umem.fill.occupancy()
+    rx.umem.pool.check(fill)
+    c = rx.umem.pool.census(fill)
+    assert c["held"] == 0 and c["free"] + c["fill"] + c["kernel"] == rx.umem.pool.total, c
 
 
 @pytest.mark.parametrize("n_consumers", [1, 8, 64])

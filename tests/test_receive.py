@@ -35,7 +35,8 @@ def test_20000_random_sizes_every_byte_in_order(pair, mode):
     assert st["xdp"]["redirected"] == n and st["receiver"]["packets"] == n
     assert st["receiver"]["rejected"] == 0 and st["receiver"]["violations"] == 0
     # clean exit: every frame back in the pool, nothing attached
-    assert rx.umem.pool.census() == {"free": rx.umem.pool.total, "kernel": 0, "held": 0}
+    assert rx.umem.pool.census() == {"free": rx.umem.pool.total, "fill": 0, "kernel": 0,
+                                     "held": 0}
     rx.umem.pool.check()
     assert not xdp_attached(pair)
 

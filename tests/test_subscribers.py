@@ -136,7 +136,7 @@ def test_sigkilled_consumer_is_reclaimed_within_a_second(pair, tmp_path):
             time.sleep(0.05)
         st = stats(ctl)
         assert st["frames"]["held"] == 0 and st["receiver"]["violations"] == 0
-        assert sum(st["frames"][k] for k in ("free", "kernel", "held")) == st["frames"]["total"]
+        assert sum(st["frames"][k] for k in ("free", "fill", "kernel", "held")) == st["frames"]["total"]
         assert d.stop() == 0
     assert "frames back in pool 4096/4096" in d.out
 

@@ -13,7 +13,7 @@ from xdprx import bulk, fanout
 from xdprx.errors import ConfigError
 from xdprx.groups import Group, parse_groups
 from xdprx.ring import cons_peek, cons_release, prod_free, prod_submit
-from xdprx.umem import HELD, KERNEL, FramePool, check_frames, pool_get
+from xdprx.umem import check_frames
 
 
 @pytest.mark.parametrize("spec,addr,port", [
@@ -53,71 +53,6 @@ def test_descriptor_layout_is_stable():
     assert [fanout.DESC.fields[n][1] for n in ("refcnt", "payload_off", "sub_id", "seq", "ts_ns")] \
         == [4, 16, 24, 32, 40]
     fanout.check_headroom(0)  # fits XDP_PACKET_HEADROOM alone
-
-
-@njit
-def _get(pool_free, top, state, ring, start, n, shift):
-    return pool_get(pool_free, top, state, ring, start, n, KERNEL, shift)
-
-
-@njit
-def _to_held(state, umem32, frames, n, refs, shift, hub):
-    """What rx_burst does to a received frame: HELD, with one count per holder."""
-    for i in range(n):
-        state[frames[i] >> shift] = HELD
-        umem32[(frames[i] >> 2) + 1] = refs
-        hub[bulk.H_HELD] += 1
-
-
-@given(st.lists(st.tuples(st.sampled_from(["get", "rx", "put"]), st.integers(0, 80),
-                          st.integers(1, 4)), max_size=60))
-@settings(max_examples=200, deadline=None)
-def test_pool_bulk_ops_keep_the_invariant(ops):
-    """Any interleaving of bulk get (refill), rx (kernel hands back, fanned out
-    to 1-4 holders) and put (references dropped) keeps free + kernel + held ==
-    total, frees a frame exactly when its last reference goes, and never hands
-    out a frame twice."""
-    pool = FramePool(64, 2048)
-    umem = np.zeros(64 * 2048, np.uint8)
-    hub = np.zeros(bulk.N_HUB, np.int64)
-    ring = np.zeros(128, np.uint64)
-    in_kernel: list[int] = []
-    refs: list[int] = []        # outstanding references, a frame once per holder
-    start = 0
-    for op, n, holders in ops:
-        if op == "get":
-            k = _get(pool.free, pool.top, pool.state, ring, start, n, pool.shift)
-            got = [int(ring[(start + i) & 127]) for i in range(k)]
-            start += k
-            assert not set(got) & set(in_kernel + refs), "a frame handed out twice"
-            in_kernel += got
-        elif op == "rx":
-            take, in_kernel = in_kernel[:n], in_kernel[n:]
-            _to_held(pool.state, umem.view(np.uint32), np.array(take, np.uint64), len(take),
-                     holders, pool.shift, hub)
-            # holders drop their references in some interleaved order
-            refs = take * holders + refs
-        else:
-            give, refs = refs[:n], refs[n:]
-            stats = np.zeros(bulk.N_STATS, np.int64)
-            assert bulk.release(np.array(give + [0], np.uint64), len(give), umem, pool.free,
-                                pool.top, pool.state, pool.shift, stats, hub) == 0
-        pool.check()
-        c = pool.census()
-        assert (c["kernel"], c["held"]) == (len(in_kernel), len(set(refs)))
-        assert hub[bulk.H_HELD] == c["held"]
-        for f in set(refs):
-            assert umem.view(np.uint32)[(f >> 2) + 1] == refs.count(f), "refcount = holders"
-
-
-def test_release_of_a_frame_not_held_is_refused_and_counted():
-    pool = FramePool(8, 2048)
-    stats = np.zeros(bulk.N_STATS, np.int64)
-    hub = np.zeros(bulk.N_HUB, np.int64)
-    bad = bulk.release(np.array([0, 2048], np.uint64), 2, np.zeros(8 * 2048, np.uint8),
-                       pool.free, pool.top, pool.state, pool.shift, stats, hub)
-    assert bad == 2 and stats[bulk.S_VIOLATIONS] == 2
-    pool.check()  # nothing was pushed twice
 
 
 @njit

@@ -29,13 +29,15 @@ from .atomics import fence_seq_cst, load_acquire, store_release
 from .jit import inline, kernel, raw
 from .packet import parse_udp
 from .ring import U32, cons_peek, cons_release, prod_free, prod_submit, needs_wakeup
-from .umem import HELD, KERNEL, FREE, pool_get
+from .umem import (HELD, KERNEL, P_CAP, P_HELD_RING, P_RING, P_SHIFT, P_SPILLED, fill_get,
+                   frame_put, hold, short_of_ring_frames, spare_get)
 
 # stats slots (int64), read by Receiver.stats()
 (S_PACKETS, S_BYTES, S_REJECTED, S_VIOLATIONS, S_FILLED, S_BATCHES, S_WAKEUPS, S_RELEASED,
- S_DELIVERIES, S_CONSUMER_DROPS, S_UNDELIVERED) = range(11)
+ S_DELIVERIES, S_CONSUMER_DROPS, S_UNDELIVERED, S_FILL_EMPTY) = range(12)
 STAT_NAMES = ("packets", "bytes", "rejected", "violations", "filled", "batches",
-              "wakeups", "released", "deliveries", "consumer_drops", "undelivered")
+              "wakeups", "released", "deliveries", "consumer_drops", "undelivered",
+              "fill_empty")
 N_STATS = 16
 
 # consumer table: one int64 row per consumer, private to the receive thread
@@ -43,31 +45,29 @@ N_STATS = 16
  C_DROPPED, C_BAD, C_WAKES) = range(12)
 NCOL = 12
 # hub parameters and gauges (int64)
-H_NSLOTS, H_NACTIVE, H_RESERVE, H_TOTAL, H_HELD, H_NWAKE = range(6)
+H_NSLOTS, H_NACTIVE, H_RESERVE, H_NWAKE = range(4)
 N_HUB = 8
 
 
 # ---- reference counting -----------------------------------------------------
 @inline
-def unref(u32, base, free, top, state, shift, hub):
+def unref(u32, base, pool):
     """Drop one reference to the frame at @base; the last one returns it to
     the pool. Returns 1 if the frame was not HELD (a bug, counted)."""
-    f = base >> shift
+    state = pool[4]
+    f = np.int64(base >> pool[3][P_SHIFT])
     w = (base >> 2) + F.W_REFCNT
     if f >= state.shape[0] or state[f] != HELD or u32[w] == 0:
         return 1
     r = u32[w] - 1
     u32[w] = r
     if r == 0:
-        state[f] = FREE
-        free[top[0]] = base
-        top[0] += 1
-        hub[H_HELD] -= 1
+        frame_put(pool, f)
     return 0
 
 
 @inline
-def unref_range(ctab, c, upto, u32, free, top, state, shift, hub):
+def unref_range(ctab, c, upto, u32, pool):
     """Drop consumer @c's references from its reap cursor up to @upto."""
     size = ctab[c, C_SIZE]
     slots = raw(ctab[c, C_RING] + CR.OFF_SLOTS, size, np.uint64)
@@ -75,13 +75,13 @@ def unref_range(ctab, c, upto, u32, free, top, state, shift, hub):
     d = (upto - start) & U32
     bad = 0
     for i in range(d):
-        bad += unref(u32, slots[(start + i) & (size - 1)], free, top, state, shift, hub)
+        bad += unref(u32, slots[(start + i) & (size - 1)], pool)
     ctab[c, C_REAPED] = upto & U32
     return bad
 
 
 @inline
-def reap(ctab, u32, free, top, state, shift, hub):
+def reap(ctab, u32, pool, hub):
     """Turn every consumer's release cursor into reference drops (bulk)."""
     bad = 0
     for c in range(hub[H_NSLOTS]):
@@ -95,7 +95,7 @@ def reap(ctab, u32, free, top, state, shift, hub):
         if moved > ((ctab[c, C_PROD] - ctab[c, C_REAPED]) & U32):
             ctab[c, C_BAD] += 1  # a cursor past what it was given: not believed
             continue
-        bad += unref_range(ctab, c, cons, u32, free, top, state, shift, hub)
+        bad += unref_range(ctab, c, cons, u32, pool)
     return bad
 
 
@@ -112,15 +112,16 @@ def push(ctab, c, base):
 
 
 @inline
-def fan_out(ctab, sub_start, sub_cons, sub, base, hub):
+def fan_out(ctab, sub_start, sub_cons, sub, base, hub, meta):
     """Offer the frame to every consumer of @sub. A consumer at its quota (or,
     when the pool runs low, above its fair share) misses it alone.
     Returns (references taken, consumers that missed it)."""
     refs = 0
     missed = 0
-    # pressure: so many frames are held that the FILL ring could run dry
-    pressure = hub[H_HELD] > hub[H_TOTAL] - hub[H_RESERVE]
-    fair = (hub[H_TOTAL] - hub[H_RESERVE]) // max(hub[H_NACTIVE], 1)
+    # pressure: so many ring frames are held (the pool is at its cap, or
+    # cannot grow) that the FILL ring could run dry
+    pressure = meta[P_HELD_RING] > meta[P_RING] - hub[H_RESERVE]
+    fair = (meta[P_CAP] - hub[H_RESERVE]) // max(hub[H_NACTIVE], 1)
     for k in range(sub_start[sub], sub_start[sub + 1]):
         c = sub_cons[k]
         held = (ctab[c, C_PROD] - ctab[c, C_REAPED]) & U32
@@ -167,11 +168,41 @@ def publish(ctab, hub, wake):
 
 
 # ---- the receive burst ---------------------------------------------------------
+@inline
+def refill(pool, fill_prod, fill_cons, fill_slots, fill_local, refill_min, stats):
+    """Top up the FILL ring in bulk: only when at least @refill_min slots are
+    free (or the ring is empty), with one release store."""
+    fsize = fill_slots.shape[0]
+    want = prod_free(fill_cons, fill_local, fsize, fsize)
+    k = 0
+    if want >= refill_min or want == fsize:
+        k = fill_get(pool, fill_slots, fill_local[0], want)
+        if k:
+            prod_submit(fill_prod, fill_local, k)
+            stats[S_FILLED] += k
+    if want == fsize and k == 0:
+        stats[S_FILL_EMPTY] += 1   # the kernel has no frame to receive into
+
+
+@inline
+def spill(pool, umem, addr, ln, base):
+    """Copy the packet at @addr into a spare frame, at the same offset, and
+    give its ring frame straight back (it is HELD, with no reference yet).
+    Returns the spare frame's base, or -1 at the cap (nothing moved)."""
+    sb = spare_get(pool, umem)
+    if sb < 0:
+        return sb
+    start = addr - base
+    umem[sb + start: sb + start + ln] = umem[addr: addr + ln]
+    frame_put(pool, np.int64(base >> pool[3][P_SHIFT]))
+    pool[3][P_SPILLED] += 1
+    return sb
+
+
 @kernel
 def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
              fill_prod, fill_cons, fill_slots, fill_local, fill_flags,
-             free, top, state, shift,
-             umem, g_addr, g_port, g_seq,
+             pool, umem, g_addr, g_port, g_seq,
              out_frame, out_off, out_len, out_seq, out_sub,
              stats, ctab, sub_start, sub_cons, wake, hub,
              now_ns, refill_min, self_ref):
@@ -180,18 +211,13 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
     through their rings. Returns the number of packets accepted."""
     u32 = umem.view(np.uint32)
     u64 = umem.view(np.uint64)
+    state, meta = pool[4], pool[3]
+    shift = meta[P_SHIFT]
     hub[H_NWAKE] = 0
     # 1. consumer releases back to the pool, so they can refill FILL right away
-    stats[S_VIOLATIONS] += reap(ctab, u32, free, top, state, shift, hub)
-
+    stats[S_VIOLATIONS] += reap(ctab, u32, pool, hub)
     # 2. top up the FILL ring in bulk
-    fsize = fill_slots.shape[0]
-    want = prod_free(fill_cons, fill_local, fsize, fsize)
-    if want >= refill_min or want == fsize:
-        k = pool_get(free, top, state, fill_slots, fill_local[0], want, KERNEL, shift)
-        if k:
-            prod_submit(fill_prod, fill_local, k)
-            stats[S_FILLED] += k
+    refill(pool, fill_prod, fill_cons, fill_slots, fill_local, refill_min, stats)
     if needs_wakeup(fill_flags):
         stats[S_WAKEUPS] += 1
 
@@ -207,20 +233,26 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
         s = (idx + i) & (rsize - 1)
         addr = rx_slots[s, 0]
         ln = rx_slots[s, 1] & 0xFFFFFFFF
-        f = addr >> shift
-        base = f << shift
-        if f >= state.shape[0] or state[f] != KERNEL:
+        f = np.int64(addr >> shift)
+        base = np.uint64(f) << shift
+        if f >= meta[P_RING] or state[f] != KERNEL:
             stats[S_VIOLATIONS] += 1  # not ours to take: leave it alone
             continue
-        state[f] = HELD
-        hub[H_HELD] += 1
+        hold(pool, f)
         start = addr - base
         off, plen, sub = parse_udp(umem, addr, addr + ln, g_addr, g_port)
         if sub < 0 or start < F.DESC_SIZE:
             stats[S_REJECTED] += 1
             u32[(base >> 2) + F.W_REFCNT] = 1
-            unref(u32, base, free, top, state, shift, hub)
+            unref(u32, base, pool)
             continue
+        # consumers hold so many ring frames that FILL could run short: this
+        # packet moves to a spare frame (the pool grows up to its cap)
+        if short_of_ring_frames(pool):
+            sb = spill(pool, umem, addr, ln, base)
+            if sb >= 0:
+                off = off - base + np.uint64(sb)
+                base = np.uint64(sb)
         # 4. the headroom-scratch descriptor, written once
         w = base >> 2
         u32[w + F.W_HEAD] = F.DESC_MAGIC | (F.DESC_VERSION << 16)
@@ -235,7 +267,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
         u64[q + F.Q_SEQ] = seq
         u64[q + F.Q_TS] = now_ns
         # 5. fan-out: one ring slot per consumer, one count in the descriptor
-        refs, missed = fan_out(ctab, sub_start, sub_cons, sub, base, hub)
+        refs, missed = fan_out(ctab, sub_start, sub_cons, sub, base, hub, meta)
         stats[S_DELIVERIES] += refs
         stats[S_CONSUMER_DROPS] += missed
         if self_ref:
@@ -251,7 +283,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
         if refs == 0:
             stats[S_UNDELIVERED] += 1  # nobody wanted it: straight back
             u32[w + F.W_REFCNT] = 1
-            unref(u32, base, free, top, state, shift, hub)
+            unref(u32, base, pool)
         else:
             u32[w + F.W_REFCNT] = refs
     # 6. one release store for the whole batch, one per consumer ring
@@ -263,27 +295,25 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
 
 
 @kernel
-def release(frames, n, umem, free, top, state, shift, stats, hub):
+def release(frames, n, umem, pool, stats):
     """The application's batch drops its reference to @n frames (bulk)."""
     u32 = umem.view(np.uint32)
     bad = 0
     for i in range(n):
-        bad += unref(u32, frames[i], free, top, state, shift, hub)
+        bad += unref(u32, frames[i], pool)
     stats[S_RELEASED] += n - bad
     stats[S_VIOLATIONS] += bad
     return bad
 
 
 @kernel
-def reclaim(ctab, c, umem, free, top, state, shift, stats, hub):
+def reclaim(ctab, c, umem, pool, stats, hub):
     """Consumer @c is gone: drop every reference it still holds, deactivate it.
     Returns how many references were dropped."""
     if ctab[c, C_ACTIVE] == 0:
         return 0
     held = (ctab[c, C_PROD] - ctab[c, C_REAPED]) & U32
-    stats[S_VIOLATIONS] += unref_range(ctab, c, ctab[c, C_PROD], umem.view(np.uint32),
-                                       free, top, state, shift, hub)
+    stats[S_VIOLATIONS] += unref_range(ctab, c, ctab[c, C_PROD], umem.view(np.uint32), pool)
     ctab[c, C_ACTIVE] = 0
     hub[H_NACTIVE] -= 1
     return held
-

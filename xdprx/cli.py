@@ -20,7 +20,15 @@ def _add_rx_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", type=int, default=0, help="NIC rx queue (default 0)")
     p.add_argument("--mode", choices=("auto", "native", "skb"), default="auto",
                    help="XDP attach mode (auto: native, else skb)")
-    p.add_argument("--frames", type=int, default=4096, help="UMEM frames, a power of two")
+    p.add_argument("--frames", type=int, default=4096,
+                   help="frames ready at start (registered with the kernel), a power of two")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="cap the pool may grow to when consumers hold frames (default: --frames)")
+    p.add_argument("--hugepages", choices=("auto", "on", "off"), default="auto",
+                   help="hugetlb pages for the UMEM (auto: when enough are free)")
+    p.add_argument("--reserve", type=int, default=None,
+                   help="ring frames kept for the FILL ring when consumers hold many "
+                        "(default frames/4; 0: the kernel drops at the FILL ring instead)")
     p.add_argument("--frame-size", type=int, default=2048, choices=(2048, 4096))
     p.add_argument("--batch", type=int, default=256, help="packets per receive batch")
 
@@ -33,7 +41,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     parse_groups(a.group)  # report bad input before touching the system
     uids, gids = parse_ids(a.allow_uid, "uid"), parse_ids(a.allow_gid, "gid")
     rx = Receiver(a.iface, a.group, queue=a.queue, mode=a.mode, frames=a.frames,
-                  frame_size=a.frame_size, batch_size=a.batch)
+                  frame_size=a.frame_size, batch_size=a.batch, max_frames=a.max_frames,
+                  hugepages=a.hugepages, reserve=a.reserve)
     try:
         d = Daemon(rx, a.control or default_path(a.iface), interval=a.interval,
                    json_lines=a.json, allow_uids=uids, allow_gids=gids)
@@ -43,7 +52,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     st = rx.stats_after_close()
     print(f"xdprx: stopped; {st['receiver']['packets']} packets received, "
           f"{st['drops']} dropped, frames back in pool {st['frames']['free']}/"
-          f"{st['frames']['total']}; XDP program detached", flush=True)
+          f"{st['frames']['total']} (grew {st['frames']['grows']} times, cap "
+          f"{st['frames']['cap']}); XDP program detached", flush=True)
     return 0
 
 

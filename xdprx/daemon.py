@@ -19,7 +19,8 @@ def format_line(st: dict, prev: dict | None, dt: float) -> str:
     f = st["frames"]
     return (f"rx {r['packets']:>12,d} pkts {pps:>12,.0f} pps {mbps:>9.1f} Mb/s | "
             f"drops {st['drops']:,d} | passed to kernel {st['xdp']['passed']:,d} | "
-            f"frames free {f['free']} kernel {f['kernel']} held {f['held']}"
+            f"frames free {f['free']} fill {f['fill']} kernel {f['kernel']} held {f['held']} "
+            f"of {f['total']}/{f['cap']} ({f['resident_bytes'] >> 20} MiB)"
             + (f" | consumers {len(st['consumers'])}" if st.get("consumers") else ""))
 
 

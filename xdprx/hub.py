@@ -32,14 +32,17 @@ class Entry:
 
 
 class Hub:
-    def __init__(self, nsubs: int, total: int, reserve: int | None = None,
+    def __init__(self, nsubs: int, ring: int, cap: int, reserve: int | None = None,
                  max_consumers: int = MAX_CONSUMERS) -> None:
         self.nsubs = nsubs
         self.ctab = np.zeros((max_consumers, B.NCOL), np.int64)
         self.hub = np.zeros(B.N_HUB, np.int64)
-        self.hub[B.H_TOTAL] = total
-        # frames kept back for the FILL ring when consumers hold many (see fan_out)
-        self.hub[B.H_RESERVE] = total // 4 if reserve is None else reserve
+        self.cap = cap
+        # ring frames kept back for the FILL ring when consumers hold many (see fan_out)
+        reserve = ring // 4 if reserve is None else reserve
+        if not 0 <= reserve < ring:
+            raise ConfigError(f"reserve {reserve} out of range", remedy=f"use 0..{ring - 1}")
+        self.hub[B.H_RESERVE] = reserve
         self.wake = np.zeros(max_consumers, np.int32)
         self.entries: dict[int, Entry] = {}
         self.sub_start = np.zeros(nsubs + 1, np.int64)
@@ -51,7 +54,7 @@ class Hub:
     def add(self, subs: list[int], ring_size: int, quota: int | None, frame_size: int,
             info: dict | None = None) -> Entry:
         check_ring(ring_size)
-        room = int(self.hub[B.H_TOTAL] - self.hub[B.H_RESERVE])
+        room = int(self.cap - self.hub[B.H_RESERVE])
         quota = min(ring_size, room) if quota is None else quota
         if not 1 <= quota <= min(ring_size, room):
             raise ConfigError(f"quota {quota} out of range",

@@ -33,6 +33,7 @@ from .errors import ConfigError, XdprxError, check_privileges
 from .groups import Group, group_table, parse_groups
 from .hub import Hub
 from .membership import Membership
+from . import umem as umem_mod
 from .umem import Umem
 from .xsk import XskSocket
 
@@ -44,7 +45,10 @@ class Receiver:
                  mode: str = "auto", frames: int = 4096, frame_size: int = 2048,
                  headroom: int = 0, batch_size: int = 256, rx_size: int = 4096,
                  copy: str = "auto", join: bool = True, spin: int = 64,
-                 refill_min: int = 16, reserve: int | None = None) -> None:
+                 refill_min: int = 16, reserve: int | None = None,
+                 max_frames: int | None = None, hugepages: str = "auto",
+                 cache: int | None = None, chunk: int | None = None,
+                 spill_at: int | None = None, trim_after: float | None = 5.0) -> None:
         self.groups = parse_groups(groups)
         if mode not in ("auto", "native", "skb"):
             raise ConfigError(f"unknown mode {mode!r}", remedy="use auto, native or skb")
@@ -62,7 +66,13 @@ class Receiver:
         self.queue = queue
         self.batch_size = batch_size
         self.spin = spin
+        if not 1 <= refill_min <= min(frames, 4096):
+            raise ConfigError(f"refill batch {refill_min} out of range",
+                              remedy=f"use 1..{min(frames, 4096)} (16 is the measured default)")
         self.refill_min = refill_min
+        self.trim_after = trim_after
+        self._next_maint = 0.0
+        self._last_growth = (0, 0, time.monotonic())   # (grows, spilled, when)
         self._held = 0
         self._batches = 0
         self._closed = False
@@ -71,7 +81,9 @@ class Receiver:
         try:
             self.prog = XdpProgram()
             self._stack.callback(self.prog.close)
-            self.umem = Umem(frames, frame_size, headroom, fill_size=min(frames, 4096))
+            self.umem = Umem(frames, frame_size, headroom, fill_size=min(frames, 4096),
+                             max_frames=max_frames, hugepages=hugepages, cache=cache,
+                             chunk=chunk, spill_at=spill_at)
             self._stack.callback(self.umem.close)
             # runs after the socket is gone: what the kernel held is ours again
             self._stack.callback(self.umem.pool.reclaim_kernel)
@@ -104,7 +116,7 @@ class Receiver:
         # held around every kernel call and consumer-table change: consumers may
         # come and go from other threads (the control socket) while we receive
         self._lock = threading.Lock()
-        self.hub = Hub(len(self.groups), self.umem.frames, reserve)
+        self.hub = Hub(len(self.groups), self.umem.frames, self.umem.max_frames, reserve)
         self.hub.reclaim = lambda c: int(context.reclaim_ctx(self._ctx, c))
         self._gen = self.hub.generation
         self._ctx = self._make_context()
@@ -117,12 +129,13 @@ class Receiver:
             "rx_prod": r.prod, "rx_cons": r.cons, "rx_slots": r.slots, "rx_local": r.local,
             "fill_prod": f.prod, "fill_cons": f.cons, "fill_slots": f.slots,
             "fill_local": f.local, "fill_flags": f.flags,
-            "free": p.free, "top": p.top, "state": p.state, "umem": u.area,
+            "free": p.free, "spare": p.spare, "cache": p.cache, "meta": p.meta,
+            "state": p.state, "umem": u.area,
             "g_addr": self._g_addr, "g_port": self._g_port, "g_seq": self._g_seq,
             "out_frame": self._frame, "out_off": self._off, "out_len": self._len,
             "out_seq": self._seq, "out_sub": self._sub, "stats": self.counters,
             "ctab": self.hub.ctab, "sub_start": self.hub.sub_start,
-            "sub_cons": self.hub.sub_cons, "wake": self.hub.wake, "hub": self.hub.hub}, p.shift)
+            "sub_cons": self.hub.sub_cons, "wake": self.hub.wake, "hub": self.hub.hub})
 
     # ---- consumers ----------------------------------------------------------
     def subscribe(self, groups: Iterable[str | Group] | str | Group | None = None,
@@ -186,9 +199,23 @@ class Receiver:
             n = context.rx_burst_ctx(self._ctx, now, self.refill_min, self_ref)
             if self.hub.hub[bulk.H_NWAKE]:
                 self.hub.wake_sleepers()
+            if self.trim_after is not None and time.monotonic() >= self._next_maint:
+                self._maintain()
         if self._fill_flags[0] & native.XDP_RING_NEED_WAKEUP:
             self._poll.poll(0)  # the driver asked to be kicked to use the new FILL entries
         return n
+
+    def _maintain(self) -> None:
+        """Every 100 ms: after `trim_after` seconds without growth or copies
+        into spare frames, give the pool's free spare chunks back (under the lock)."""
+        now = time.monotonic()
+        self._next_maint = now + 0.1
+        m = self.umem.pool.meta
+        cur = (int(m[umem_mod.P_GROWS]), int(m[umem_mod.P_SPILLED]))
+        if cur != self._last_growth[:2]:
+            self._last_growth = (*cur, now)
+        elif now - self._last_growth[2] >= self.trim_after and self.umem.pool.trimmable():
+            self.umem.trim()
 
     def _wait(self, self_ref: int, timeout: float | None) -> tuple[int, int]:
         """Burst until something arrives; spin a little, then block in poll():
@@ -241,27 +268,32 @@ class Receiver:
 
     def stats(self) -> dict:
         c = self._counters()
-        pool = self.umem.pool.census()
         xs = self.xsk.statistics()
         with self._lock:
             consumers = self.hub.consumer_stats(self.groups)
+            frames = self._frames()
         return {"interface": self.ifname, "queue": self.queue, "mode": self.mode,
                 "zerocopy": self.zerocopy, "groups": [str(g) for g in self.groups],
                 "receiver": c, "xdp": self.prog.counters(), "xsk": xs,
                 "drops": xs["rx_dropped"] + xs["rx_ring_full"],
-                "frames": dict(pool, total=self.umem.pool.total),
-                "consumers": consumers}
+                "frames": frames, "consumers": consumers}
+
+    def _frames(self) -> dict:
+        u = self.umem
+        return dict(u.census(), **u.pool.gauges(), resident_bytes=u.resident(),
+                    frame_size=u.frame_size, pages=u.pages)
 
     def stats_after_close(self) -> dict:
         """What is still known once closed: receiver counters and the pool."""
         c = self._counters()
         return {"receiver": c, "drops": self._final_drops,
-                "frames": dict(self.umem.pool.census(), total=self.umem.pool.total)}
+                "frames": dict(self.umem.pool.census(), **self.umem.pool.gauges())}
 
     def describe(self) -> str:
         return (f"{self.ifname} queue {self.queue}: XDP {self.mode} mode, AF_XDP "
                 f"{'zero-copy' if self.zerocopy else 'copy'} mode, {self.umem.frames} frames "
-                f"of {self.umem.frame_size} B, groups {', '.join(map(str, self.groups))}")
+                f"(cap {self.umem.max_frames}) of {self.umem.frame_size} B on {self.umem.pages}, "
+                f"groups {', '.join(map(str, self.groups))}")
 
     # ---- teardown -----------------------------------------------------------
     def close(self) -> None:
