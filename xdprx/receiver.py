@@ -77,6 +77,9 @@ class Receiver:
         self._batches = 0
         self._closed = False
         self._stack = contextlib.ExitStack()
+        # checks the reserve: before anything is attached
+        self.hub = Hub(len(self.groups), frames, frames if max_frames is None else max_frames,
+                       reserve)
         context.warm()
         try:
             self.prog = XdpProgram()
@@ -116,7 +119,6 @@ class Receiver:
         # held around every kernel call and consumer-table change: consumers may
         # come and go from other threads (the control socket) while we receive
         self._lock = threading.Lock()
-        self.hub = Hub(len(self.groups), self.umem.frames, self.umem.max_frames, reserve)
         self.hub.reclaim = lambda c: int(context.reclaim_ctx(self._ctx, c))
         self._gen = self.hub.generation
         self._ctx = self._make_context()
