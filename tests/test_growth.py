@@ -121,3 +121,57 @@ def test_pool_options_are_checked(pair, kw, msg):
         with pytest.raises(xdprx.ConfigError, match=msg):
             xdprx.Receiver(pair.rx_if, [GROUP], frames=RING, **kw)
     assert not xdp_attached(pair)
+
+
+def _meminfo(key):
+    for line in open("/proc/meminfo"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+
+@pytest.fixture
+def hugepages():
+    """Reserve a few hugetlb pages for one test, then restore the setting."""
+    path = "/proc/sys/vm/nr_hugepages"
+    before = int(open(path).read())
+    with open(path, "w") as f:
+        f.write(str(before + 4))
+    if _meminfo("HugePages_Free") < 4:
+        open(path, "w").write(str(before))
+        pytest.skip("the kernel could not allocate 4 hugetlb pages")
+    yield
+    with open(path, "w") as f:
+        f.write(str(before))
+
+
+def test_umem_on_hugetlb_pages(pair, hugepages):
+    free0 = _meminfo("HugePages_Free")
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP], mode="native", frames=RING, max_frames=2048,
+                            hugepages="on")
+    with rx:
+        assert rx.umem.pages.startswith("hugetlb 2 MiB")
+        # the ring frames (2 MiB) are one pinned huge page; the cap is reserved
+        assert _meminfo("HugePages_Free") == free0 - 1 and _meminfo("HugePages_Rsvd") >= 1
+        s = pair.popen("tx", send_cmd(GROUP, 300, seed=5, rate=20000))
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 300 and time.monotonic() < deadline:
+            got += [bytes(p.payload) for p in rx.recv(timeout=0.1)]
+        assert s.wait(timeout=30) == 0 and got == payloads(5, 300)
+    del rx, got
+    deadline = time.monotonic() + 3   # the kernel unpins a closed UMEM from a work queue
+    while _meminfo("HugePages_Free") != free0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _meminfo("HugePages_Free") == free0   # all given back
+
+
+def test_hugepages_fallback_is_explained(pair):
+    if _meminfo("HugePages_Free") >= 2:
+        pytest.skip("hugetlb pages are free here")
+    with pair.inside("rx"):
+        with pytest.raises(xdprx.ConfigError, match="vm.nr_hugepages"):
+            xdprx.Receiver(pair.rx_if, [GROUP], frames=RING, hugepages="on")
+        with xdprx.Receiver(pair.rx_if, [GROUP], frames=RING, hugepages="auto") as rx:
+            assert "no hugetlb" in rx.umem.pages and "vm.nr_hugepages=" in rx.umem.pages
+            assert "hugetlb" not in rx.describe().split(" on ")[1].split(";")[0]

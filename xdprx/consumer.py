@@ -155,6 +155,7 @@ class Consumer(Reader):
         self._closed = True
         self._release_held()
         self._rx.unsubscribe(self.id)
+        self._v = self._area = self._mv = None
 
 
 class Subscriber(Reader):

@@ -312,6 +312,7 @@ class Receiver:
         except XdprxError:
             self._final_drops = -1
         self._closed = True
+        self._area = self._mv = None   # our views: else the mapping outlives close()
         self._stack.close()
 
     def __enter__(self) -> "Receiver":

@@ -413,7 +413,7 @@ class Umem:
                         self._map = mmap.mmap(fd, need * HUGE, mmap.MAP_SHARED,
                                               mmap.PROT_READ | mmap.PROT_WRITE)
                         self.memfd, self.hugetlb = fd, True
-                        self.pages = "hugetlb 2 MiB (reserved at start-up for the whole cap)"
+                        self.pages = "hugetlb 2 MiB (reserved for the cap, allocated as used)"
                     except OSError as e:
                         os.close(fd)
                         why = f"hugetlb mapping failed: {e.strerror}"
