@@ -4,7 +4,8 @@ from .groups import Group
 from .batch import Batch, Packet
 from .consumer import Consumer, Subscriber
 from .receiver import Receiver
+from .sender import Sender
 
-__all__ = ["Receiver", "Consumer", "Subscriber", "Batch", "Packet", "Group", "XdprxError", "ConfigError",
+__all__ = ["Receiver", "Sender", "Consumer", "Subscriber", "Batch", "Packet", "Group", "XdprxError", "ConfigError",
            "PermissionProblem"]
 __version__ = "0.1.0"

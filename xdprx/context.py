@@ -91,7 +91,7 @@ def reclaim_ctx(ctx, c):
 def warm() -> None:
     """Compile the context kernels under the cache lock (see jit.py)."""
     from .jit import cache_lock
-    from . import consumer
+    from . import consumer, sender
     from .umem import FramePool
     with cache_lock():
         pool = FramePool(4, 2048, 8, 2, 2)
@@ -114,4 +114,5 @@ def warm() -> None:
         rx_burst_ctx(ctx, 0, 1 << 30, 1)
         release_ctx(ctx, 0)
         reclaim_ctx(ctx, 0)
+        sender.warm()
     consumer.warm()

@@ -106,17 +106,25 @@ def hold(pool, f):
 
 @inline
 def frame_put(pool, f):
-    """HELD -> FREE: the last reference to frame @f is gone. Ring frames go
-    to the cache (a full one flushes its older half to the stack first)."""
+    """HELD -> FREE: the last reference to frame @f is gone."""
+    meta = pool[3]
+    meta[P_HELD] -= 1
+    if f < meta[P_RING]:
+        meta[P_HELD_RING] -= 1
+    to_free(pool, f)
+
+
+@inline
+def to_free(pool, f):
+    """Frame @f becomes FREE. Ring frames go to the cache (a full one flushes
+    its older half to the stack first), spare frames to the spare stack."""
     free, spare, cache, meta, state = pool
     state[f] = FREE
-    meta[P_HELD] -= 1
     a = np.uint64(f) << meta[P_SHIFT]
     if f >= meta[P_RING]:
         spare[meta[P_SPARE]] = a
         meta[P_SPARE] += 1
         return
-    meta[P_HELD_RING] -= 1
     cmax = meta[P_CACHE_MAX]
     if cmax == 0:
         free[meta[P_TOP]] = a

@@ -23,14 +23,18 @@ BUSY_WAIT = 2.0  # seconds to wait for a just-closed socket's queue
 
 class XskSocket:
     def __init__(self, ifname: str, queue: int, umem: Umem, rx_size: int = 2048,
-                 copy: str = "auto") -> None:
-        if rx_size <= 0 or rx_size & (rx_size - 1):
-            raise ConfigError(f"rx ring size {rx_size} is not a power of two", remedy="use 2048")
+                 copy: str = "auto", tx_size: int = 0) -> None:
+        for name, n in (("rx", rx_size), ("tx", tx_size)):
+            if n < 0 or n & (n - 1):
+                raise ConfigError(f"{name} ring size {n} is not a power of two", remedy="use 2048")
+        if not rx_size and not tx_size:
+            raise ConfigError("an AF_XDP socket needs an RX or a TX ring", remedy="use 2048")
         bind = native.XDP_USE_NEED_WAKEUP | {"auto": 0, "copy": native.XDP_COPY,
                                                "zerocopy": native.XDP_ZEROCOPY}[copy]
         self._handle = ctypes.c_void_p()
         self.rx_x = native.XskRing()
-        cfg = native.XskSocketConfig(rx_size=rx_size, tx_size=0,
+        self.tx_x = native.XskRing()
+        cfg = native.XskSocketConfig(rx_size=rx_size, tx_size=tx_size,
                                      libxdp_flags=native.XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
                                      xdp_flags=0, bind_flags=bind)
         # the kernel frees a closed socket's buffer pool from a work queue: a
@@ -39,7 +43,8 @@ class XskSocket:
         while True:
             err = native.libxdp.xsk_socket__create(
                 ctypes.byref(self._handle), os.fsencode(ifname), queue, umem.handle,
-                ctypes.byref(self.rx_x), None, ctypes.byref(cfg))
+                ctypes.byref(self.rx_x) if rx_size else None,
+                ctypes.byref(self.tx_x) if tx_size else None, ctypes.byref(cfg))
             if abs(err) != E.EBUSY or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
@@ -51,7 +56,8 @@ class XskSocket:
             raise from_errno(f"creating an AF_XDP socket on {ifname} queue {queue}", err,
                              remedy.get(abs(err), ""))
         self.fd = native.libxdp.xsk_socket__fd(self._handle)
-        self.rx = Ring(self.rx_x, desc=True)
+        self.rx = Ring(self.rx_x, desc=True) if rx_size else None
+        self.tx = Ring(self.tx_x, desc=True) if tx_size else None
         self.queue = queue
 
     @property
@@ -67,6 +73,6 @@ class XskSocket:
 
     def close(self) -> None:
         if self._handle:
-            self.rx = None
+            self.rx = self.tx = None
             native.libxdp.xsk_socket__delete(self._handle)
             self._handle = ctypes.c_void_p()
