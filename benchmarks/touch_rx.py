@@ -29,7 +29,9 @@ def touch64(umem, offsets, n):
 def main() -> None:
     ifname, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     batch = int(sys.argv[4]) if len(sys.argv) > 4 else 256
-    with xdprx.Receiver(ifname, ["239.1.2.3:5000"], mode=mode, batch_size=batch) as rx:
+    cache = int(sys.argv[5]) if len(sys.argv) > 5 else None   # 0: no per-queue cache
+    with xdprx.Receiver(ifname, ["239.1.2.3:5000"], mode=mode, batch_size=batch,
+                        cache=cache) as rx:
         touch64(rx.umem.area, np.zeros(1, np.uint64) + 4096, 0)
         print("ready", flush=True)
         # wait for the first packet, then measure a fixed window
