@@ -111,8 +111,13 @@ def memory() -> list[dict]:
                 print("memory", rows[-1], flush=True)
 
             row()
-            for _ in range(9):
-                tx.send(group, data, rate=100000)
+            import threading
+            for _ in range(8):
+                t = threading.Thread(target=tx.send, args=(group, data), kwargs={"rate": 50000})
+                t.start()
+                while t.is_alive():
+                    rx.pump(timeout=0.001)
+                t.join()
                 deadline = time.monotonic() + 5
                 want = min(rows[-1]["held"] + 1024, 8192)
                 while rx.stats()["frames"]["held"] < want and time.monotonic() < deadline:
@@ -129,12 +134,18 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--count", type=int, default=2_000_000)
     ap.add_argument("--json", default=str(OUT / "results-pool.json"))
+    ap.add_argument("--parts", default="recycle,cache,memory",
+                    help="comma-separated subset; others are kept from an existing --json")
     a = ap.parse_args()
     if a.quick:
         a.reps, a.seconds, a.count = 1, 2.0, 400_000
+    parts = a.parts.split(",")
+    old = json.loads(Path(a.json).read_text()) if Path(a.json).exists() else {}
     report = {"machine": {"cpu": _cpu_model(), "kernel": __import__("platform").release()},
-              "recycle": recycle(a.reps, a.count), "cache": cache(a.reps, a.seconds),
-              "memory": memory(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "recycle": recycle(a.reps, a.count) if "recycle" in parts else old["recycle"],
+              "cache": cache(a.reps, a.seconds) if "cache" in parts else old["cache"],
+              "memory": memory() if "memory" in parts else old["memory"],
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": "benchmarks/pool.py " + " ".join(sys.argv[1:])}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(report, indent=2))

@@ -39,10 +39,13 @@ pressure, up to a cap). At the cap nothing is copied any more: ring frames
 stay held, the FILL ring runs dry and the kernel drops, counted by
 XDP_STATISTICS and by ``at_cap``.
 
-Bulk (seeds 002/003): ring frames freed one by one go to a small LIFO cache
-(the hottest frames, reused first by the next refill); a full cache flushes
-its older half to the free stack in one go, and the refill takes the cache
-then the stack in one pass.
+Bulk (seeds 002/003): frames enter and leave the pool in batches: the FILL
+ring is topped up only when `refill_min` slots are free, with one release
+store; RX, consumer releases and TX completions are reaped per batch. With
+`cache` > 0, ring frames freed one by one go to a small LIFO cache first (the
+hottest frames, reused first by the next refill); a full cache flushes its
+older half to the free stack in one go. The free stack is already LIFO and
+single-writer here, so the cache is off by default (measured, see README).
 """
 from __future__ import annotations
 
@@ -68,7 +71,8 @@ STATE_NAMES = ("free", "kernel", "held", "absent")
 (P_TOP, P_SPARE, P_CACHE, P_CACHE_MAX, P_RING, P_TOTAL, P_CAP, P_CHUNK, P_HELD, P_HELD_RING,
  P_SPILL_AT, P_SHIFT, P_GROWS, P_SPILLED, P_AT_CAP, P_TRIMS) = range(16)
 N_META = 16
-CACHE_SIZE = 64     # default per-queue cache; flushes 32 at a time
+CACHE_SIZE = 64     # a useful cache size (flushes 32 at a time); off by default:
+                    # benchmarks/pool.py measured no gain with a single-writer pool
 PAGE = 4096
 
 
@@ -222,7 +226,7 @@ class FramePool:
                  chunk: int | None = None, cache: int | None = None,
                  spill_at: int | None = None) -> None:
         cap = frames if cap is None else cap
-        cache = min(CACHE_SIZE, frames) & ~1 if cache is None else cache
+        cache = 0 if cache is None else cache
         check_cap(frames, cap)
         if cache < 0 or cache & 1 or cache > frames:
             raise ConfigError(f"cache size {cache} must be even and in 0..{frames}",
