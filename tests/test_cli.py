@@ -39,7 +39,7 @@ def wait_detached(pair, timeout=5.0):
 
 
 def test_run_stats_and_clean_exit(pair, tmp_path):
-    p, ctl = start_daemon(pair, tmp_path)
+    p, ctl = start_daemon(pair, tmp_path, "--max-frames", "8192", "--hugepages", "off")
     try:
         assert xdp_attached(pair), "program attached while the daemon runs"
         s = pair.run("tx", send_cmd(GROUP, 1000, rate=20000))
@@ -56,6 +56,9 @@ def test_run_stats_and_clean_exit(pair, tmp_path):
         assert st["receiver"]["packets"] == 1000 and st["drops"] == 0
         assert st["mode"] in ("native", "skb") and st["zerocopy"] is False
         assert st["xdp"]["redirected"] == 1000
+        f = st["frames"]
+        assert (f["ring"], f["total"], f["cap"]) == (4096, 4096, 8192)
+        assert f["resident_bytes"] == 4096 * 2048 and f["pages"].startswith("4 KiB")
         human = subprocess.run(XDPRX + ["stats", "--control", ctl], capture_output=True,
                                text=True, timeout=30)
         assert human.returncode == 0 and "pps" in human.stdout
@@ -63,7 +66,7 @@ def test_run_stats_and_clean_exit(pair, tmp_path):
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
-    assert "frames back in pool 4096/4096" in out
+    assert "frames back in pool 4096/4096 (grew 0 times, cap 8192)" in out
     assert "rx " in out  # live counter lines were printed
     assert not wait_detached(pair, 0)
     assert not os.path.exists(ctl)
@@ -95,6 +98,10 @@ def run_cli_inside(pair, args):
     (["run", "xrx0", "--group", "239.1.2.3"], ["GROUP:PORT"]),
     (["run", "xrx0", "--group", GROUP, "--frames", "3000"], ["power of two", "--frames"]),
     (["run", "xrx0"], ["no group", "--group"]),
+    (["run", "xrx0", "--group", GROUP, "--frames", "1024", "--max-frames", "512"],
+     [">= --frames", "--max-frames 4096"]),
+    (["run", "xrx0", "--group", GROUP, "--frames", "1024", "--reserve", "2000"],
+     ["reserve", "0..1023"]),
 ])
 def test_bad_input_one_line_exit_2(pair, args, words):
     code, err = run_cli_inside(pair, args)
