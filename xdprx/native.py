@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno as E
 import os
 from ctypes import (POINTER, Structure, c_char_p, c_int, c_long, c_size_t,
                     c_uint, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p)
 
-from .errors import XdprxError
+from .errors import ConfigError, XdprxError
 
 
 def _load(names: tuple[str, ...], package: str) -> ctypes.CDLL:
@@ -178,3 +179,12 @@ def getsockopt_struct(fd: int, level: int, opt: int, struct_type):
 def ifindex(name: str) -> int:
     """Index of interface @name in the current network namespace, 0 if none."""
     return libc.if_nametoindex(os.fsencode(name))
+
+
+def require_ifindex(name: str) -> int:
+    """Index of interface @name; ConfigError with the remedy if there is none."""
+    idx = ifindex(name)
+    if not idx:
+        raise ConfigError(f"unknown interface {name!r} in this network namespace", E.ENODEV,
+                          "check the name with `ip link` (or enter its namespace first)")
+    return idx

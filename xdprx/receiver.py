@@ -59,10 +59,7 @@ class Receiver:
         fanout.check_headroom(headroom)
         check_privileges()
         self.ifname = ifname
-        self.ifindex = native.ifindex(ifname)
-        if not self.ifindex:
-            raise ConfigError(f"unknown interface {ifname!r} in this network namespace", E.ENODEV,
-                              "check the name with `ip link` (or enter its namespace first)")
+        self.ifindex = native.require_ifindex(ifname)
         self.queue = queue
         self.batch_size = batch_size
         self.spin = spin

@@ -152,10 +152,7 @@ class Sender:
                  sport: int = 40000) -> None:
         check_privileges()
         self.ifname = ifname
-        self.ifindex = native.ifindex(ifname)
-        if not self.ifindex:
-            raise ConfigError(f"unknown interface {ifname!r} in this network namespace", E.ENODEV,
-                              "check the name with `ip link` (or enter its namespace first)")
+        self.ifindex = native.require_ifindex(ifname)
         if not 1 <= batch <= tx_size:
             raise ConfigError(f"batch {batch} out of range", remedy=f"use 1..{tx_size}")
         from .xsk import XskSocket
