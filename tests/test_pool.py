@@ -8,7 +8,7 @@ from numba import njit
 
 from xdprx import bulk, fanout
 from xdprx.errors import ConfigError
-from xdprx.umem import (ABSENT, FREE, P_AT_CAP, P_SPILLED, FramePool, fill_get, grow, hold,
+from xdprx.umem import (ABSENT, FREE, P_AT_CAP, P_SHIFT, P_SPILLED, FramePool, fill_get, grow, hold,
                         short_of_ring_frames)
 
 RING, CAP, FS = 16, 64, 2048
@@ -23,7 +23,7 @@ def _refill(pool, ring, start, n):
 def _receive(pool, umem, frames, n, holders, out):
     """What rx_burst does to each received frame, descriptors aside."""
     u32 = umem.view(np.uint32)
-    shift = pool[3][11]
+    shift = pool[3][P_SHIFT]
     for i in range(n):
         base = frames[i]
         hold(pool, np.int64(base >> shift))

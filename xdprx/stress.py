@@ -39,7 +39,7 @@ from . import cring as CR
 from . import fanout as F
 from .jit import kernel, raw
 from .ring import U32, cons_peek, cons_release, prod_free, prod_submit
-from .umem import FramePool, fill_get, hold
+from .umem import P_HELD, P_SHIFT, FramePool, fill_get, hold
 
 WORDS = 8            # u64 words of payload per entry
 SEQ_SHIFT = 24       # xsk slot = seq << 24 | frame
@@ -152,7 +152,7 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
         k = fill_get(pool, tmp, 0, min(batch, room, count - st[0]))
         for i in range(k):
             base = tmp[i]
-            hold(pool, np.int64(base >> meta[11]))
+            hold(pool, np.int64(base >> meta[P_SHIFT]))
             w = base >> 2
             u32[w + F.W_HEAD] = F.DESC_MAGIC | (F.DESC_VERSION << 16)
             u32[w + F.W_PAYLOAD_OFF] = 256
@@ -168,7 +168,7 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
         if k:
             bulk.publish(ctab, hub, wake)
             st[0] += k
-        if st[0] == count and meta[8] == 0:
+        if st[0] == count and meta[P_HELD] == 0:
             return 1
     return 0
 
@@ -272,8 +272,7 @@ def run_cring(count: int, batch: int, size: int, timeout: float) -> dict:
         os.close(x)
     _pin(0)
     st = np.zeros(3, np.int64)
-    tmp = np.zeros(max(batch, 1), np.uint64)
-    tmp = np.zeros(1 << (len(tmp) - 1).bit_length(), np.uint64)
+    tmp = np.zeros(1 << (max(batch, 1) - 1).bit_length(), np.uint64)  # fill_get wants 2^k
     t0 = time.perf_counter()
     done = _drive(lambda: cring_produce(hub.ctab, umem, pool.t, hub.hub, hub.sub_start,
                                         hub.sub_cons, hub.wake, tmp, st, count, batch, BUDGET),
