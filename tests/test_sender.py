@@ -45,6 +45,9 @@ def test_kernel_udp_stack_accepts_sender_frames(pair, fam, group, bind):
     with pair.inside("rx"):
         rx = xdprx.Receiver(pair.rx_if, ["239.1.2.3:5000"], mode="native")
         s = socket.socket(fam, socket.SOCK_DGRAM)
+        # room for every datagram: a slow reader thread must not turn into
+        # UdpRcvbufErrors (SO_RCVBUFFORCE: root may exceed net.core.rmem_max)
+        s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)
         s.bind((bind, int(port)))
         idx = socket.if_nametoindex(pair.rx_if)
         if fam == socket.AF_INET:
