@@ -103,3 +103,28 @@ def test_concurrent_first_imports_share_one_cache(tmp_path):
     again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                            text=True, timeout=120)
     assert again.returncode == 0 and int(again.stdout) == 2, again.stderr
+
+
+def test_pacer_never_bursts_to_catch_up(monkeypatch):
+    """A sender that was descheduled must not send its backlog at full speed:
+    that burst is what overruns a receiver's FILL ring on a busy machine."""
+    from xdprx import pace
+    clock = [100.0]
+    monkeypatch.setattr(pace.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(pace.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    p = pace.Pacer(rate=1000, slack=10)
+    sends = []
+    for i in range(3000):
+        p.wait(i)
+        sends.append(clock[0])
+        if i == 999:
+            clock[0] += 0.5          # stalled for 500 packets' worth of time
+    t = np.array(sends)
+    assert t[999] - t[0] == pytest.approx(0.999)
+    # in any window of 100 packets after the stall, at most 100 + slack go out
+    # per 100 ms: never the 500-packet catch-up burst
+    after = t[1000:]
+    spans = after[100:] - after[:-100]
+    assert spans.min() >= 0.1 - 10 / 1000 - 1e-9
+    # and the average rate is still the asked rate
+    assert (t[-1] - t[1000]) == pytest.approx(1.999, abs=0.02)

@@ -26,6 +26,7 @@ import numpy as np
 from . import native
 from .errors import ConfigError, XdprxError, check_privileges
 from .groups import Group
+from .pace import Pacer
 from .jit import inline, kernel
 from .ring import cons_peek, cons_release, prod_free, prod_submit
 from .umem import KERNEL, P_SHIFT, Umem, fill_get, to_free
@@ -194,13 +195,11 @@ class Sender:
         data = np.frombuffer(b"".join(payloads) or b"\0", np.uint8).copy()
         u, x = self.umem, self.xsk
         t0 = time.monotonic()
+        pacer = Pacer(rate, slack=2 * self.batch)
         sent = 0
         while sent < len(lens) and time.monotonic() - t0 < timeout:
             n = min(self.batch, len(lens) - sent)
-            if rate:
-                ahead = t0 + sent / rate - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
+            pacer.wait(sent)
             k = tx_burst(x.tx.prod, x.tx.cons, x.tx.slots, x.tx.local, u.comp.prod, u.comp.cons,
                          u.comp.slots, u.comp.local, u.pool.t, u.area, tmpl, hlen,
                          g.addr.version == 6, data, offs, lens, sent, n, self._ip_id, self._addrs,

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import native
 from .errors import from_errno
+from .pace import Pacer
 
 IFA_F_NODAD = 0x02
 CLONE_NEWNET = 0x40000000
@@ -201,6 +202,7 @@ def send(group: str, count: int, seed: int, lo: int, hi: int, rate: int, ifname:
         dst = (str(addr), port, 0, idx)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     t0 = time.monotonic()
+    pacer = Pacer(rate, slack=64)
     sent = 0
     burst = 16
     for i, p in enumerate(data):
@@ -215,10 +217,8 @@ def send(group: str, count: int, seed: int, lo: int, hi: int, rate: int, ifname:
                     raise
                 time.sleep(0.0005)
         sent += 1
-        if rate and (i + 1) % burst == 0:
-            ahead = (i + 1) / rate - (time.monotonic() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
+        if (i + 1) % burst == 0:
+            pacer.wait(i + 1)
     s.close()
     return sent
 
