@@ -1,5 +1,7 @@
 """xdprx contender: Receiver, reading the first 64 bytes of every packet in a
-Numba function over the batch arrays (the way the README tells users to)."""
+Numba function over the batch arrays (the way the README tells users to).
+
+    touch_rx.py IFNAME SECONDS MODE [BATCH] [CACHE|-] [NUMA] [SYSFS_ROOT]"""
 from __future__ import annotations
 
 import json
@@ -10,6 +12,7 @@ import numpy as np
 from numba import njit
 
 import xdprx
+from xdprx.numa import Topology
 
 ETH_IP_UDP = 42  # header bytes in front of the payload (IPv4, no VLAN)
 
@@ -29,9 +32,11 @@ def touch64(umem, offsets, n):
 def main() -> None:
     ifname, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     batch = int(sys.argv[4]) if len(sys.argv) > 4 else 256
-    cache = int(sys.argv[5]) if len(sys.argv) > 5 else None   # 0: no per-queue cache
+    cache = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "-" else None
+    numa = sys.argv[6] if len(sys.argv) > 6 else "auto"      # auto | off | NODE
+    topo = Topology(sys.argv[7]) if len(sys.argv) > 7 else None   # a simulated sysfs
     with xdprx.Receiver(ifname, ["239.1.2.3:5000"], mode=mode, batch_size=batch,
-                        cache=cache) as rx:
+                        cache=cache, numa=numa, topology=topo) as rx:
         touch64(rx.umem.area, np.zeros(1, np.uint64) + 4096, 0)
         print("ready", flush=True)
         # wait for the first packet, then measure a fixed window
@@ -52,8 +57,10 @@ def main() -> None:
         c1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
         st = rx.stats()
+    n = st["numa"]
     print(json.dumps({"packets": pkts, "seconds": dt, "cpu": cpu, "drops": st["drops"],
-                      "check": int(acc & 1)}))
+                      "check": int(acc & 1), "numa_switches": n.get("switches", 0),
+                      "numa_windows": n.get("windows", 0), "refill_node": n.get("refill_node")}))
 
 
 if __name__ == "__main__":

@@ -29,15 +29,16 @@ from .atomics import fence_seq_cst, load_acquire, store_release
 from .jit import inline, kernel, raw
 from .packet import parse_udp
 from .ring import U32, cons_peek, cons_release, prod_free, prod_submit, needs_wakeup
-from .umem import (HELD, KERNEL, P_CAP, P_HELD_RING, P_RING, P_SHIFT, P_SPILLED, fill_get,
-                   frame_put, hold, short_of_ring_frames, spare_get)
+from .umem import (HELD, KERNEL, P_CAP, P_HELD_RING, P_RING, P_SPILLED, X_NODES, X_SHIFT,
+                   active_meta, fill_get, fill_get_foreign, frame_put, hold, ring_end,
+                   short_of_ring_frames, spare_get)
 
 # stats slots (int64), read by Receiver.stats()
 (S_PACKETS, S_BYTES, S_REJECTED, S_VIOLATIONS, S_FILLED, S_BATCHES, S_WAKEUPS, S_RELEASED,
- S_DELIVERIES, S_CONSUMER_DROPS, S_UNDELIVERED, S_FILL_EMPTY) = range(12)
+ S_DELIVERIES, S_CONSUMER_DROPS, S_UNDELIVERED, S_FILL_EMPTY, S_OWN_BYTES) = range(13)
 STAT_NAMES = ("packets", "bytes", "rejected", "violations", "filled", "batches",
               "wakeups", "released", "deliveries", "consumer_drops", "undelivered",
-              "fill_empty")
+              "fill_empty", "own_bytes")
 N_STATS = 16
 
 # consumer table: one int64 row per consumer, private to the receive thread
@@ -55,7 +56,7 @@ def unref(u32, base, pool):
     """Drop one reference to the frame at @base; the last one returns it to
     the pool. Returns 1 if the frame was not HELD (a bug, counted)."""
     state = pool[4]
-    f = np.int64(base >> pool[3][P_SHIFT])
+    f = np.int64(base >> pool[5][X_SHIFT])
     w = (base >> 2) + F.W_REFCNT
     if f >= state.shape[0] or state[f] != HELD or u32[w] == 0:
         return 1
@@ -177,6 +178,11 @@ def refill(pool, fill_prod, fill_cons, fill_slots, fill_local, refill_min, stats
     k = 0
     if want >= refill_min or want == fsize:
         k = fill_get(pool, fill_slots, fill_local[0], want)
+        low = (fsize >> 2) - (fsize - want + k)
+        if low > 0 and pool[5][X_NODES] > 1:
+            # the refill node's pool is out of frames and FILL is below a
+            # quarter: top it up to a quarter from the other nodes' pools
+            k += fill_get_foreign(pool, fill_slots, fill_local[0] + k, low)
         if k:
             prod_submit(fill_prod, fill_local, k)
             stats[S_FILLED] += k
@@ -194,8 +200,8 @@ def spill(pool, umem, addr, ln, base):
         return sb
     start = addr - base
     umem[sb + start: sb + start + ln] = umem[addr: addr + ln]
-    frame_put(pool, np.int64(base >> pool[3][P_SHIFT]))
-    pool[3][P_SPILLED] += 1
+    frame_put(pool, np.int64(base >> pool[5][X_SHIFT]))
+    active_meta(pool)[P_SPILLED] += 1
     return sb
 
 
@@ -211,8 +217,9 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
     through their rings. Returns the number of packets accepted."""
     u32 = umem.view(np.uint32)
     u64 = umem.view(np.uint64)
-    state, meta = pool[4], pool[3]
-    shift = meta[P_SHIFT]
+    state = pool[4]
+    shift = pool[5][X_SHIFT]
+    rend = ring_end(pool)
     hub[H_NWAKE] = 0
     # 1. consumer releases back to the pool, so they can refill FILL right away
     stats[S_VIOLATIONS] += reap(ctab, u32, pool, hub)
@@ -235,7 +242,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
         ln = rx_slots[s, 1] & 0xFFFFFFFF
         f = np.int64(addr >> shift)
         base = np.uint64(f) << shift
-        if f >= meta[P_RING] or state[f] != KERNEL:
+        if f >= rend or state[f] != KERNEL:
             stats[S_VIOLATIONS] += 1  # not ours to take: leave it alone
             continue
         hold(pool, f)
@@ -248,7 +255,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
             continue
         # consumers hold so many ring frames that FILL could run short: this
         # packet moves to a spare frame (the pool grows up to its cap)
-        if short_of_ring_frames(pool):
+        if short_of_ring_frames(pool, f):
             sb = spill(pool, umem, addr, ln, base)
             if sb >= 0:
                 off = off - base + np.uint64(sb)
@@ -267,7 +274,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
         u64[q + F.Q_SEQ] = seq
         u64[q + F.Q_TS] = now_ns
         # 5. fan-out: one ring slot per consumer, one count in the descriptor
-        refs, missed = fan_out(ctab, sub_start, sub_cons, sub, base, hub, meta)
+        refs, missed = fan_out(ctab, sub_start, sub_cons, sub, base, hub, active_meta(pool))
         stats[S_DELIVERIES] += refs
         stats[S_CONSUMER_DROPS] += missed
         if self_ref:
@@ -278,6 +285,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
             out_seq[j] = seq
             out_sub[j] = sub
             j += 1
+            stats[S_OWN_BYTES] += plen
         nbytes += plen
         stats[S_PACKETS] += 1
         if refs == 0:
@@ -317,3 +325,20 @@ def reclaim(ctab, c, umem, pool, stats, hub):
     ctab[c, C_ACTIVE] = 0
     hub[H_NACTIVE] -= 1
     return held
+
+
+@kernel
+def gather_feedback(ctab, hub, cpu, node, nbytes):
+    """Every consumer's feedback from its CTL page (cpu, node, bytes read;
+    cpu -1 for empty slots). Returns the slots looked at."""
+    n = hub[H_NSLOTS]
+    for c in range(n):
+        if ctab[c, C_ACTIVE] == 0:
+            cpu[c] = -1
+            node[c] = -1
+            continue
+        where = raw(ctab[c, C_CTL] + CR.CTL_FEEDBACK, 2, np.uint32)
+        cpu[c] = -1 if where[0] == CR.NO_CPU else np.int64(where[0])
+        node[c] = -1 if where[1] == CR.NO_CPU else np.int64(where[1])
+        nbytes[c] = np.int64(raw(ctab[c, C_CTL] + CR.CTL_FEEDBACK + 8, 1, np.uint64)[0])
+    return n

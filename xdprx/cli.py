@@ -29,6 +29,11 @@ def _add_rx_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reserve", type=int, default=None,
                    help="ring frames kept for the FILL ring when consumers hold many "
                         "(default frames/4; 0: the kernel drops at the FILL ring instead)")
+    p.add_argument("--numa", default="auto", metavar="auto|off|NODE",
+                   help="frame pools per NUMA node, refill node chosen from consumer feedback "
+                        "(auto), one unbound pool (off), or one pool bound to NODE")
+    p.add_argument("--numa-sysfs", default="/sys", metavar="ROOT",
+                   help=argparse.SUPPRESS)   # tests: a simulated topology (sysfs copy)
     p.add_argument("--frame-size", type=int, default=2048, choices=(2048, 4096))
     p.add_argument("--batch", type=int, default=256, help="packets per receive batch")
 
@@ -37,12 +42,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .control import default_path, parse_ids
     from .daemon import Daemon
     from .groups import parse_groups
+    from .numa import Topology, parse_numa
     from .receiver import Receiver
     parse_groups(a.group)  # report bad input before touching the system
+    parse_numa(a.numa)
     uids, gids = parse_ids(a.allow_uid, "uid"), parse_ids(a.allow_gid, "gid")
     rx = Receiver(a.iface, a.group, queue=a.queue, mode=a.mode, frames=a.frames,
                   frame_size=a.frame_size, batch_size=a.batch, max_frames=a.max_frames,
-                  hugepages=a.hugepages, reserve=a.reserve)
+                  hugepages=a.hugepages, reserve=a.reserve, numa=a.numa,
+                  topology=Topology(a.numa_sysfs))
     try:
         d = Daemon(rx, a.control or default_path(a.iface), interval=a.interval,
                    json_lines=a.json, allow_uids=uids, allow_gids=gids)
@@ -66,10 +74,11 @@ def cmd_stats(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(st, indent=2))
     else:
-        from .daemon import format_consumer, format_line
+        from .daemon import format_consumer, format_line, format_numa
         print(format_line(st, None, 1.0))
         for k in ("receiver", "xdp", "xsk", "frames"):
             print(f"  {k:9s} " + "  ".join(f"{n}={v}" for n, v in st[k].items()))
+        print(format_numa(st["numa"]))
         for c in st.get("consumers", []):
             print(format_consumer(c))
     return 0

@@ -29,8 +29,10 @@ from .control import connect, refused
 from .errors import ConfigError, XdprxError
 from .groups import Group
 from .jit import cache_lock
+from .numa import getcpu
 
 COUNT_NAMES = ("received", "gaps", "bytes", "bad")
+REPORT_EVERY = 64    # batches between two cpu/node reports (a power of two)
 
 
 class Reader:
@@ -58,6 +60,9 @@ class Reader:
         self._next_seq = np.full(len(groups), CR.NO_SEQ, np.uint64)
         self.counts = np.zeros(5, np.int64)
         self._fb = views.feedback[8:24].view(np.uint64)
+        self._fb_where = views.feedback[:8].view(np.uint32)
+        self._releases = 0
+        self._report_cpu()
         self._held = 0
         self._poll = select.poll()
         self._poll.register(efd, select.POLLIN)
@@ -70,6 +75,14 @@ class Reader:
             self._held = 0
             self._fb[0] = self.counts[2]   # feedback: bytes and packets read
             self._fb[1] = self.counts[0]
+            self._releases += 1
+            if self._releases & (REPORT_EVERY - 1) == 1:   # the first, then every 64th
+                self._report_cpu()
+
+    def _report_cpu(self) -> None:
+        """Feedback for the NUMA policy: where this reader runs now (a vDSO
+        call, once every REPORT_EVERY batches, never per packet)."""
+        self._fb_where[:] = getcpu()
 
     def recv(self, timeout: float | None = None) -> Batch:
         """The next batch; empty if @timeout (s) passes or the daemon has gone

@@ -13,15 +13,16 @@ from __future__ import annotations
 import numpy as np
 
 from . import bulk
+from . import umem as U
 from .jit import inline, kernel, raw
 
 # slot order of the context; 2-D arrays keep their fixed second dimension
 FIELDS = ("rx_prod", "rx_cons", "rx_slots", "rx_local", "fill_prod", "fill_cons", "fill_slots",
-          "fill_local", "fill_flags", "free", "spare", "cache", "meta", "state", "umem", "g_addr", "g_port",
+          "fill_local", "fill_flags", "free", "spare", "cache", "meta", "state", "x", "umem", "g_addr", "g_port",
           "g_seq", "out_frame", "out_off", "out_len", "out_seq", "out_sub", "stats",
           "ctab", "sub_start", "sub_cons", "wake", "hub")
 (RX_PROD, RX_CONS, RX_SLOTS, RX_LOCAL, FILL_PROD, FILL_CONS, FILL_SLOTS, FILL_LOCAL, FILL_FLAGS,
- FREE, SPARE, CACHE, META, STATE, UMEM, G_ADDR, G_PORT, G_SEQ, OUT_FRAME, OUT_OFF, OUT_LEN, OUT_SEQ, OUT_SUB,
+ FREE, SPARE, CACHE, META, STATE, X, UMEM, G_ADDR, G_PORT, G_SEQ, OUT_FRAME, OUT_OFF, OUT_LEN, OUT_SEQ, OUT_SUB,
  STATS, CTAB, SUB_START, SUB_CONS, WAKE, HUB) = range(len(FIELDS))
 N = len(FIELDS)
 
@@ -49,9 +50,11 @@ def a2(ctx, i, width, dtype):
 
 @inline
 def pool_of(ctx):
-    """The FramePool tuple (umem.py)."""
-    return (a1(ctx, FREE, np.uint64), a1(ctx, SPARE, np.uint64), a1(ctx, CACHE, np.uint64),
-            a1(ctx, META, np.int64), a1(ctx, STATE, np.uint8))
+    """The FramePool tuple (umem.py); its 2-D widths are in its x array."""
+    x = a1(ctx, X, np.int64)
+    return (a2(ctx, FREE, x[U.X_RING], np.uint64), a2(ctx, SPARE, x[U.X_SPARE_W], np.uint64),
+            a2(ctx, CACHE, x[U.X_CACHE_W], np.uint64), a2(ctx, META, U.N_META, np.int64),
+            a1(ctx, STATE, np.uint8), x)
 
 
 @kernel
@@ -101,7 +104,7 @@ def warm() -> None:
             "fill_prod": np.zeros(1, np.uint32), "fill_cons": np.zeros(1, np.uint32),
             "fill_slots": np.zeros(4, np.uint64), "fill_local": np.zeros(2, np.int64),
             "fill_flags": np.zeros(1, np.uint32), "free": pool.free, "spare": pool.spare,
-            "cache": pool.cache, "meta": pool.meta, "state": pool.state,
+            "cache": pool.cache, "meta": pool.meta, "state": pool.state, "x": pool.x,
             "umem": np.zeros(8 * 2048, np.uint8), "g_addr": np.zeros((1, 16), np.uint8),
             "g_port": np.zeros(1, np.uint16), "g_seq": np.zeros(1, np.uint64),
             "out_frame": np.zeros(4, np.uint64), "out_off": np.zeros(4, np.uint64),

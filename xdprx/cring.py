@@ -47,6 +47,7 @@ STATUS_CLOSED = 1
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_FUTURE_WRITE = 0x1, 0x2, 0x4, 0x10
 F_ADD_SEALS = 1033
 NO_SEQ = np.uint64(0xFFFFFFFFFFFFFFFF)
+NO_CPU = 0xFFFFFFFF          # feedback cpu/node not reported yet
 
 
 def ring_bytes(size: int) -> int:
@@ -111,6 +112,7 @@ class ConsumerRing:
             self.close()
             raise
         self.views = RingViews(self._ring, self._ctl, writable_ring=True)
+        self.views.feedback[:8].view(np.uint32)[:] = NO_CPU   # until the consumer reports
 
     def reader_fds(self) -> list[int]:
         """Fresh descriptors for a consumer in another process: ring (read-only),

@@ -21,14 +21,34 @@ def format_line(st: dict, prev: dict | None, dt: float) -> str:
             f"drops {st['drops']:,d} | passed to kernel {st['xdp']['passed']:,d} | "
             f"frames free {f['free']} fill {f['fill']} kernel {f['kernel']} held {f['held']} "
             f"of {f['total']}/{f['cap']} ({f['resident_bytes'] >> 20} MiB)"
-            + (f" | consumers {len(st['consumers'])}" if st.get("consumers") else ""))
+            + (f" | consumers {len(st['consumers'])}" if st.get("consumers") else "")
+            + (f" | numa node {st['numa']['refill_node']}" if "refill_node" in st.get("numa", {})
+               else ""))
+
+
+def format_numa(n: dict) -> str:
+    """The NUMA decision and the feedback behind it, for `xdprx stats`."""
+    if n.get("mode") == "off":
+        return f"  numa      off ({n['why']})"
+    lines = [f"  numa      {n['mode']}: refill from node {n['refill_node']} ({n['why']}); "
+             f"{n['switches']} switches; last window's bytes read by node: "
+             + (", ".join(f"{k}: {v:.0%}" for k, v in n["last_window_share"].items()) or "none yet")]
+    for p in n["pools"]:
+        m = p.get("memory", {})
+        lines.append(f"  pool      node {p['node']}: free {p['free']} kernel {p['kernel']} "
+                     f"held {p['held']} of {p['total']}/{p['cap']}; memory {m.get('policy')} "
+                     f"{m.get('policy_nodes')}, pages by node {m.get('pages_by_node')}")
+    for h in n["history"]:
+        lines.append(f"  switch    batch {h['batch']}: node {h['from']} -> {h['to']}: {h['why']}")
+    return "\n".join(lines)
 
 
 def format_consumer(c: dict) -> str:
     who = f"pid {c['pid']} uid {c['uid']}" if "pid" in c else "in-process"
     return (f"  consumer {c['id']:>3} ({who}{', ' + c['name'] if c.get('name') else ''}) "
             f"{','.join(c['groups'])}: delivered {c['delivered']:,d} dropped {c['dropped']:,d} "
-            f"held {c['held']}/{c['quota']}")
+            f"held {c['held']}/{c['quota']}"
+            + (f" cpu {c['cpu']} node {c['node']}" if c.get("cpu", -1) >= 0 else ""))
 
 
 class Daemon:
@@ -40,6 +60,7 @@ class Daemon:
         self.interval = interval
         self.json_lines = json_lines
         self.stopping = False
+        self._switches = 0
         # handlers first: once the control socket exists, a signal must stop us cleanly
         self._old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
         self.control = ControlServer(control, {"stats": self._stats, "subscribe": self._subscribe},
@@ -75,6 +96,15 @@ class Daemon:
                       "frame_size": self.rx.umem.frame_size, "ring": ring,
                       "quota": int(e.ring.views.quota)}, fds, gone)
 
+    def _log_switches(self, st: dict) -> None:
+        """Every NUMA refill switch since the last line, with its reason."""
+        n = st.get("numa", {})
+        new = n.get("switches", 0) - self._switches
+        for h in n.get("history", [])[-new:] if new > 0 else []:
+            self._log(f"numa: refill moves from node {h['from']} to node {h['to']} "
+                      f"(batch {h['batch']}): {h['why']}")
+        self._switches = n.get("switches", 0)
+
     def stop(self, *_sig) -> None:
         self.stopping = True
 
@@ -95,6 +125,7 @@ class Daemon:
                         print(json.dumps(st), file=self.out, flush=True)
                     else:
                         print(format_line(st, prev, now - last), file=self.out, flush=True)
+                    self._log_switches(st)
                     prev, last = st, now
                 if duration is not None and now - t0 >= duration:
                     break

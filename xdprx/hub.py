@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import bulk as B
-from .cring import ConsumerRing
+from .cring import NO_CPU, ConsumerRing
 from .errors import ConfigError, XdprxError
 from .ring import U32
 
@@ -119,7 +119,7 @@ class Hub:
         for c, e in sorted(self.entries.items()):
             r = self.ctab[c]
             fb = e.ring.views.feedback
-            cpu, node = (int(x) for x in fb[:8].view(np.uint32))
+            cpu, node = (-1 if x == NO_CPU else int(x) for x in fb[:8].view(np.uint32))
             nbytes, npk = (int(x) for x in fb[8:24].view(np.uint64))
             out.append(dict(
                 id=c, groups=[str(groups[s]) for s in e.subs],

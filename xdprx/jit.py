@@ -8,12 +8,14 @@ at once (numba issue 4807: index files overwritten by concurrent writers).
 xdprx therefore (1) keeps its cache in its own directory, and (2) takes an
 exclusive flock on that directory while its kernel modules are imported for
 the first time in a process, so exactly one process compiles and writes while
-the others wait and then load the finished entries.
+the others wait and then load the finished entries, and (3) keys the cache
+directory on a hash of its sources (see fingerprint()).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 
@@ -30,10 +32,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xdprx"
 
 
+def fingerprint() -> str:
+    """A hash of every xdprx source file. Numba checks a cached kernel only
+    against its own module's file, not the modules it inlined, so an edited
+    helper (say ring.py) would leave stale machine code in every kernel that
+    inlines it: one cache directory per fingerprint makes that impossible."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _setup_numba_cache() -> None:
     # Must happen before the first @njit(cache=True) is decorated.
     if "NUMBA_CACHE_DIR" not in os.environ:
-        d = cache_dir() / "numba"
+        d = cache_dir() / "numba" / fingerprint()
         try:
             d.mkdir(parents=True, exist_ok=True)
             os.environ["NUMBA_CACHE_DIR"] = str(d)

@@ -12,7 +12,8 @@ import ctypes.util
 import errno as E
 import os
 from ctypes import (POINTER, Structure, c_char_p, c_int, c_long, c_size_t,
-                    c_uint, c_uint8, c_uint16, c_uint32, c_uint64, c_void_p)
+                    c_uint, c_uint8, c_uint16, c_uint32, c_uint64, c_ulong,
+                    c_void_p)
 
 from .errors import ConfigError, XdprxError
 
@@ -154,6 +155,30 @@ _decl(libc, "munmap", c_int, c_void_p, c_size_t)
 _decl(libc, "madvise", c_int, c_void_p, c_size_t, c_int)
 _decl(libc, "setns", c_int, c_int, c_int)
 _decl(libc, "if_nametoindex", c_uint, c_char_p)
+_decl(libc, "getcpu", c_int, POINTER(c_uint), POINTER(c_uint))
+
+# ---- NUMA memory policy (linux/mempolicy.h): raw syscalls, no libnuma ------
+MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE = 0, 1, 2, 3
+MPOL_F_NODE, MPOL_F_ADDR = 1 << 0, 1 << 1
+MPOL_MF_STRICT = 1 << 0
+_SYSNO = {"x86_64": (237, 239, 279), "aarch64": (235, 236, 239)}.get(os.uname().machine)
+
+
+def _syscall(nr: int | None, *argtypes):
+    """A typed prototype of syscall(2) for one syscall number."""
+    proto = ctypes.CFUNCTYPE(c_long, c_long, *argtypes, use_errno=True)(("syscall", libc))
+    return (lambda *a: proto(nr, *a)) if nr is not None else None
+
+
+# mbind(addr, len, mode, nodemask, maxnode, flags)
+sys_mbind = _syscall(_SYSNO and _SYSNO[0], c_void_p, c_ulong, c_int, POINTER(c_ulong), c_ulong,
+                     c_uint)
+# get_mempolicy(&mode, nodemask, maxnode, addr, flags)
+sys_get_mempolicy = _syscall(_SYSNO and _SYSNO[1], POINTER(c_int), POINTER(c_ulong), c_ulong,
+                             c_void_p, c_ulong)
+# move_pages(pid, count, pages, nodes, status, flags): nodes NULL = query only
+sys_move_pages = _syscall(_SYSNO and _SYSNO[2], c_int, c_ulong, POINTER(c_void_p), c_void_p,
+                          POINTER(c_int), c_int)
 
 MAP_FAILED = ctypes.c_void_p(-1).value
 

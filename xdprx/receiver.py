@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as E
+import logging
 import select
 import threading
 import time
@@ -33,9 +34,12 @@ from .errors import ConfigError, XdprxError, check_privileges
 from .groups import Group, group_table, parse_groups
 from .hub import Hub
 from .membership import Membership
+from . import numa as numa_mod
 from . import umem as umem_mod
 from .umem import Umem
 from .xsk import XskSocket
+
+log = logging.getLogger("xdprx")
 
 
 class Receiver:
@@ -48,7 +52,9 @@ class Receiver:
                  refill_min: int = 16, reserve: int | None = None,
                  max_frames: int | None = None, hugepages: str = "auto",
                  cache: int | None = None, chunk: int | None = None,
-                 spill_at: int | None = None, trim_after: float | None = 5.0) -> None:
+                 spill_at: int | None = None, trim_after: float | None = 5.0,
+                 numa: str | int = "auto", topology: "numa_mod.Topology | None" = None,
+                 numa_window: int = 4, numa_every: int = 64) -> None:
         self.groups = parse_groups(groups)
         if mode not in ("auto", "native", "skb"):
             raise ConfigError(f"unknown mode {mode!r}", remedy="use auto, native or skb")
@@ -77,14 +83,22 @@ class Receiver:
         # checks the reserve: before anything is attached
         self.hub = Hub(len(self.groups), frames, frames if max_frames is None else max_frames,
                        reserve)
+        self.topology = topology or numa_mod.Topology()
+        self.policy, nodes = self._numa_setup(numa, numa_window)
+        if not 1 <= numa_every <= 1 << 20:
+            raise ConfigError(f"numa_every {numa_every} out of range", remedy="use e.g. 64")
+        self.numa_every = numa_every
         context.warm()
         try:
             self.prog = XdpProgram()
             self._stack.callback(self.prog.close)
             self.umem = Umem(frames, frame_size, headroom, fill_size=min(frames, 4096),
                              max_frames=max_frames, hugepages=hugepages, cache=cache,
-                             chunk=chunk, spill_at=spill_at)
+                             chunk=chunk, spill_at=spill_at, nodes=nodes,
+                             bind=not self.topology.simulated)
             self._stack.callback(self.umem.close)
+            if nodes:
+                self.umem.pool.set_active(self.policy.current)
             # runs after the socket is gone: what the kernel held is ours again
             self._stack.callback(self.umem.pool.reclaim_kernel)
             self.xsk = XskSocket(ifname, queue, self.umem, rx_size, copy)
@@ -129,7 +143,7 @@ class Receiver:
             "fill_prod": f.prod, "fill_cons": f.cons, "fill_slots": f.slots,
             "fill_local": f.local, "fill_flags": f.flags,
             "free": p.free, "spare": p.spare, "cache": p.cache, "meta": p.meta,
-            "state": p.state, "umem": u.area,
+            "state": p.state, "x": p.x, "umem": u.area,
             "g_addr": self._g_addr, "g_port": self._g_port, "g_seq": self._g_seq,
             "out_frame": self._frame, "out_off": self._off, "out_len": self._len,
             "out_seq": self._seq, "out_sub": self._sub, "stats": self.counters,
@@ -200,6 +214,8 @@ class Receiver:
                 self.hub.wake_sleepers()
             if self.trim_after is not None and time.monotonic() >= self._next_maint:
                 self._maintain()
+            if self.counters[bulk.S_BATCHES] >= self._numa_next:
+                self._numa_tick()
         if self._fill_flags[0] & native.XDP_RING_NEED_WAKEUP:
             self._poll.poll(0)  # the driver asked to be kicked to use the new FILL entries
         return n
@@ -210,7 +226,7 @@ class Receiver:
         now = time.monotonic()
         self._next_maint = now + 0.1
         m = self.umem.pool.meta
-        cur = (int(m[umem_mod.P_GROWS]), int(m[umem_mod.P_SPILLED]))
+        cur = (int(m[:, umem_mod.P_GROWS].sum()), int(m[:, umem_mod.P_SPILLED].sum()))
         if cur != self._last_growth[:2]:
             self._last_growth = (*cur, now)
         elif now - self._last_growth[2] >= self.trim_after and self.umem.pool.trimmable():
@@ -261,6 +277,83 @@ class Receiver:
             if len(b):
                 yield b
 
+    # ---- NUMA: which node's frames refill FILL ----------------------------------
+    def _numa_setup(self, spec, window: int):
+        """Resolve --numa against the topology: (policy, pool nodes or None)."""
+        mode = numa_mod.parse_numa(spec)
+        topo = self.topology
+        self.interface_node = -1
+        self._numa_next = 1 << 62          # no policy ticks unless adaptive
+        if mode == "off":
+            return None, None
+        if isinstance(mode, int):
+            topo.check_node(mode)
+            nodes = [mode]
+        else:
+            nodes = list(topo.memory_nodes)
+        self.interface_node = topo.interface_node(self.ifname)
+        pol = numa_mod.Policy(nodes, mode, start=self.interface_node, window=window)
+        if pol.adaptive:
+            maxcpu = max((c for cpus in topo.nodes.values() for c in cpus), default=0)
+            self._cpu_node = np.full(maxcpu + 1, -1, np.int64)
+            for c in range(maxcpu + 1):
+                self._cpu_node[c] = topo.node_of_cpu(c)
+            self._pool_index = {n: i for i, n in enumerate(nodes)}
+            n = len(self.hub.ctab)
+            self._fb_cpu, self._fb_node = np.zeros(n, np.int64), np.zeros(n, np.int64)
+            self._fb_bytes, self._fb_last = np.zeros(n, np.int64), np.zeros(n, np.int64)
+            self._own_last = 0
+            self._numa_next = 0
+        log.info("xdprx numa: %s; frame pools on node(s) %s, refill from node %d (%s)",
+                 topo, ",".join(map(str, nodes)), pol.current, pol.reason)
+        return pol, nodes
+
+    def _numa_tick(self) -> None:
+        """Every `numa_every` batches (under the lock): read the consumers'
+        feedback, credit the bytes they read since the last tick to their
+        node, and let the policy move the refill node."""
+        batches = int(self.counters[bulk.S_BATCHES])
+        self._numa_next = batches + self.numa_every
+        n = bulk.gather_feedback(self.hub.ctab, self.hub.hub, self._fb_cpu, self._fb_node,
+                                 self._fb_bytes)
+        per = np.zeros(len(self.policy.nodes), np.int64)
+        b, last = self._fb_bytes[:n], self._fb_last[:n]
+        delta = np.where(b >= last, b - last, b)    # a reused slot starts from 0
+        last[:] = b
+        for c in np.flatnonzero(delta):
+            self._credit(per, int(self._fb_cpu[c]), int(self._fb_node[c]), int(delta[c]))
+        own = int(self.counters[bulk.S_OWN_BYTES])
+        if own != self._own_last:        # the application reading rx.recv() batches
+            self._credit(per, *numa_mod.getcpu(), own - self._own_last)
+            self._own_last = own
+        if self.policy.observe(per, batches):
+            self.umem.pool.set_active(self.policy.current)
+
+    def _credit(self, per: np.ndarray, cpu: int, node: int, nbytes: int) -> None:
+        """Bytes read on @cpu go to its node (the topology's word first, the
+        reader's own getcpu node otherwise); nodes without a pool are ignored."""
+        if 0 <= cpu < len(self._cpu_node) and self._cpu_node[cpu] >= 0:
+            node = int(self._cpu_node[cpu])
+        i = self._pool_index.get(node)
+        if i is not None:
+            per[i] += nbytes
+
+    def numa_stats(self) -> dict:
+        """The refill node, why, the feedback behind it, and every switch."""
+        if self.policy is None:
+            return {"mode": "off", "why": "--numa off: one pool, the kernel's default placement"}
+        d = self.policy.describe()
+        d["interface_node"] = self.interface_node
+        d["topology"] = {str(n): c for n, c in self.topology.nodes.items()}
+        d["simulated"] = self.topology.simulated
+        d["bound"] = self.umem.bound
+        d["pools"] = self.umem.pool.per_node()
+        for pool, where in zip(d["pools"], self.umem.placement()):
+            pool["memory"] = {"policy": where["policy"], "policy_nodes": where["policy_nodes"],
+                              "pages_by_node": where["pages_by_node"]}
+        d["foreign_fills"] = int(self.umem.pool.x[umem_mod.X_FOREIGN])
+        return d
+
     # ---- observability ------------------------------------------------------
     def _counters(self) -> dict[str, int]:
         return {name: int(self.counters[i]) for i, name in enumerate(bulk.STAT_NAMES)}
@@ -275,7 +368,7 @@ class Receiver:
                 "zerocopy": self.zerocopy, "groups": [str(g) for g in self.groups],
                 "receiver": c, "xdp": self.prog.counters(), "xsk": xs,
                 "drops": xs["rx_dropped"] + xs["rx_ring_full"],
-                "frames": frames, "consumers": consumers}
+                "frames": frames, "consumers": consumers, "numa": self.numa_stats()}
 
     def _frames(self) -> dict:
         u = self.umem
@@ -292,7 +385,15 @@ class Receiver:
         return (f"{self.ifname} queue {self.queue}: XDP {self.mode} mode, AF_XDP "
                 f"{'zero-copy' if self.zerocopy else 'copy'} mode, {self.umem.frames} frames "
                 f"(cap {self.umem.max_frames}) of {self.umem.frame_size} B on {self.umem.pages}, "
-                f"groups {', '.join(map(str, self.groups))}")
+                f"groups {', '.join(map(str, self.groups))}; {self._numa_line()}")
+
+    def _numa_line(self) -> str:
+        if self.policy is None:
+            return "NUMA off"
+        p = self.policy
+        bound = "bound" if self.umem.bound else "not bound (simulated topology)"
+        return (f"NUMA {p.describe()['mode']}: pools on node(s) {','.join(map(str, p.nodes))} "
+                f"({bound}), refill from node {p.current}")
 
     # ---- teardown -----------------------------------------------------------
     def close(self) -> None:

@@ -29,7 +29,7 @@ from .groups import Group
 from .pace import Pacer
 from .jit import inline, kernel
 from .ring import cons_peek, cons_release, prod_free, prod_submit
-from .umem import KERNEL, P_SHIFT, Umem, fill_get, to_free
+from .umem import KERNEL, X_SHIFT, Umem, fill_get, to_free
 
 SIOCGIFHWADDR = 0x8927
 ETH, IP4, IP6, UDP = 14, 20, 40, 8
@@ -67,7 +67,7 @@ def tx_burst(tx_prod, tx_cons, tx_slots, tx_local, comp_prod, comp_cons, comp_sl
     first.. of (data, offs, lens). @addrs: scratch, a power of two >= n.
     stats: [sent, completed]. Returns frames submitted."""
     state = pool[4]
-    shift = pool[3][P_SHIFT]
+    shift = pool[5][X_SHIFT]
     # 1. completions back to the pool, in bulk
     csize = comp_slots.shape[0]
     k = cons_peek(comp_prod, comp_local, csize)

@@ -39,7 +39,7 @@ from . import cring as CR
 from . import fanout as F
 from .jit import kernel, raw
 from .ring import U32, cons_peek, cons_release, prod_free, prod_submit
-from .umem import P_HELD, P_SHIFT, FramePool, fill_get, hold
+from .umem import P_HELD, X_SHIFT, FramePool, active_meta, fill_get, hold
 
 WORDS = 8            # u64 words of payload per entry
 SEQ_SHIFT = 24       # xsk slot = seq << 24 | frame
@@ -145,14 +145,14 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
     (everything sent and every frame reaped back)."""
     u32 = umem.view(np.uint32)
     u64 = umem.view(np.uint64)
-    meta = pool[3]
+    shift = pool[5][X_SHIFT]
     for _ in range(budget):
         st[2] += bulk.reap(ctab, u32, pool, hub)
         room = ctab[0, bulk.C_QUOTA] - ((ctab[0, bulk.C_PROD] - ctab[0, bulk.C_REAPED]) & U32)
         k = fill_get(pool, tmp, 0, min(batch, room, count - st[0]))
         for i in range(k):
             base = tmp[i]
-            hold(pool, np.int64(base >> meta[P_SHIFT]))
+            hold(pool, np.int64(base >> shift))
             w = base >> 2
             u32[w + F.W_HEAD] = F.DESC_MAGIC | (F.DESC_VERSION << 16)
             u32[w + F.W_PAYLOAD_OFF] = 256
@@ -162,13 +162,13 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
             u64[(base >> 3) + F.Q_SEQ] = seq
             for j in range(WORDS):
                 u64[((base + 256) >> 3) + j] = seq
-            refs, missed = bulk.fan_out(ctab, sub_start, sub_cons, 0, base, hub, meta)
+            refs, missed = bulk.fan_out(ctab, sub_start, sub_cons, 0, base, hub, active_meta(pool))
             st[1] += missed
             u32[w + F.W_REFCNT] = refs
         if k:
             bulk.publish(ctab, hub, wake)
             st[0] += k
-        if st[0] == count and meta[P_HELD] == 0:
+        if st[0] == count and pool[3][0, P_HELD] == 0:
             return 1
     return 0
 

@@ -277,6 +277,26 @@ def _csum(b: bytes) -> int:
 XDPRX = [sys.executable, "-m", "xdprx.cli"]
 
 
+def fake_sysfs(root: str, nodes: dict[int, str], interfaces: dict[str, int] | None = None,
+               memory: str | None = None) -> str:
+    """Write a sysfs tree presenting a NUMA machine, for xdprx.numa.Topology:
+    @nodes maps node -> cpulist ('0-3,8'), @interfaces name -> numa_node,
+    @memory the has_memory list (default: every node). Returns @root."""
+    base = os.path.join(root, "devices/system/node")
+    for n, cpus in nodes.items():
+        os.makedirs(os.path.join(base, f"node{n}"), exist_ok=True)
+        with open(os.path.join(base, f"node{n}", "cpulist"), "w") as f:
+            f.write(cpus + "\n")
+    with open(os.path.join(base, "has_memory"), "w") as f:
+        f.write((memory if memory is not None else ",".join(map(str, sorted(nodes)))) + "\n")
+    for name, node in (interfaces or {}).items():
+        d = os.path.join(root, "class/net", name, "device")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "numa_node"), "w") as f:
+            f.write(f"{node}\n")
+    return root
+
+
 def control_answers(path: str) -> bool:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -39,6 +39,14 @@ pressure, up to a cap). At the cap nothing is copied any more: ring frames
 stay held, the FILL ring runs dry and the kernel drops, counted by
 XDP_STATISTICS and by ``at_cap``.
 
+Per-NUMA node pools (seed 001): with NUMA on, the UMEM holds one pool per
+node, each with its own ring frames, spare frames, stacks and counters, its
+memory mbind()-ed to the node (FramePool documents the layout). The state
+machine above holds per node pool; a frame's pool follows from its index,
+so a frame always returns to its own pool, also after the refill node
+changed (numa.Policy decides, the receive loop switches with set_active).
+Only the active pool refills FILL, grows and takes copies.
+
 Bulk (seeds 002/003): frames enter and leave the pool in batches: the FILL
 ring is topped up only when `refill_min` slots are free, with one release
 store; RX, consumer releases and TX completions are reaped per batch. With
@@ -57,7 +65,7 @@ import os
 
 import numpy as np
 
-from . import native
+from . import native, numa
 from .errors import ConfigError, from_errno
 from .jit import inline
 from .ring import Ring
@@ -67,10 +75,15 @@ log = logging.getLogger("xdprx")
 FREE, KERNEL, HELD, ABSENT = 0, 1, 2, 3
 STATE_NAMES = ("free", "kernel", "held", "absent")
 
-# pool meta slots (int64): counts, geometry, gauges
+# node pool meta slots (int64, one row per node pool): counts, geometry, gauges
 (P_TOP, P_SPARE, P_CACHE, P_CACHE_MAX, P_RING, P_TOTAL, P_CAP, P_CHUNK, P_HELD, P_HELD_RING,
- P_SPILL_AT, P_SHIFT, P_GROWS, P_SPILLED, P_AT_CAP, P_TRIMS) = range(16)
-N_META = 16
+ P_SPILL_AT, P_SHIFT, P_GROWS, P_SPILLED, P_AT_CAP, P_TRIMS, P_RING_LO, P_SPARE_LO,
+ P_NODE) = range(19)
+N_META = 24
+# pool-set slots (int64): which node pool refills FILL, and the layout
+(X_ACTIVE, X_NODES, X_RING, X_SPARE, X_SHIFT, X_FOREIGN, X_CACHE_W, X_SPARE_W, X_RING_SHIFT,
+ X_CAP_SHIFT) = range(10)
+N_X = 12
 CACHE_SIZE = 64     # a useful cache size (flushes 32 at a time); off by default:
                     # benchmarks/pool.py measured no gain with a single-writer pool
 PAGE = 4096
@@ -95,37 +108,33 @@ def check_cap(frames: int, max_frames: int) -> None:
                           remedy=f"use e.g. --max-frames {max(frames, 1) * 4}")
 
 
-# ---- pool kernels ----------------------------------------------------------
-# @pool is the tuple (free, spare, cache, meta, state) of a FramePool.
+# ---- node pool kernels ---------------------------------------------------------
+# @np_ is one node's pool: the tuple (free, spare, cache, meta, state) with
+# meta that node's row; state spans every frame of every node.
 
 @inline
-def hold(pool, f):
+def _is_ring(meta, f):
+    return f < meta[P_RING_LO] + meta[P_RING]
+
+
+@inline
+def _hold(np_, f):
     """KERNEL (or a fresh spare) -> HELD."""
-    meta, state = pool[3], pool[4]
+    meta, state = np_[3], np_[4]
     state[f] = HELD
     meta[P_HELD] += 1
-    if f < meta[P_RING]:
+    if _is_ring(meta, f):
         meta[P_HELD_RING] += 1
 
 
 @inline
-def frame_put(pool, f):
-    """HELD -> FREE: the last reference to frame @f is gone."""
-    meta = pool[3]
-    meta[P_HELD] -= 1
-    if f < meta[P_RING]:
-        meta[P_HELD_RING] -= 1
-    to_free(pool, f)
-
-
-@inline
-def to_free(pool, f):
+def _to_free(np_, f):
     """Frame @f becomes FREE. Ring frames go to the cache (a full one flushes
     its older half to the stack first), spare frames to the spare stack."""
-    free, spare, cache, meta, state = pool
+    free, spare, cache, meta, state = np_
     state[f] = FREE
     a = np.uint64(f) << meta[P_SHIFT]
-    if f >= meta[P_RING]:
+    if not _is_ring(meta, f):
         spare[meta[P_SPARE]] = a
         meta[P_SPARE] += 1
         return
@@ -147,11 +156,20 @@ def to_free(pool, f):
 
 
 @inline
-def fill_get(pool, ring, start, n):
+def _put(np_, f):
+    """HELD -> FREE: the last reference to frame @f is gone."""
+    meta = np_[3]
+    meta[P_HELD] -= 1
+    if _is_ring(meta, f):
+        meta[P_HELD_RING] -= 1
+    _to_free(np_, f)
+
+
+@inline
+def _fill_get(np_, ring, start, n):
     """Up to @n FREE ring frames into ring[start:] (wrapping; len(ring) is a
-    power of two), now KERNEL: the cache's hottest first, then the stack.
-    Returns how many."""
-    free, spare, cache, meta, state = pool
+    power of two), now KERNEL: the cache's hottest first, then the stack."""
+    free, spare, cache, meta, state = np_
     shift = meta[P_SHIFT]
     mask = ring.shape[0] - 1
     k = 0
@@ -174,22 +192,23 @@ def fill_get(pool, ring, start, n):
 
 
 @inline
-def grow(pool, umem):
-    """Commit the next chunk of spare frames, up to the cap, and touch its
-    pages so the memory is resident now rather than at some later packet.
-    Returns the frames added (0 at the cap)."""
-    free, spare, cache, meta, state = pool
+def _grow(np_, umem):
+    """Commit the node's next chunk of spare frames, up to its cap, and touch
+    their pages so the memory is resident (on the node's memory) now rather
+    than at some later packet. Returns the frames added (0 at the cap)."""
+    free, spare, cache, meta, state = np_
     t = meta[P_TOTAL]
     k = min(meta[P_CHUNK], meta[P_CAP] - t)
     if k <= 0:
         return 0
     shift = meta[P_SHIFT]
     s = meta[P_SPARE]
+    lo = meta[P_SPARE_LO] + t - meta[P_RING]    # the first frame of the new chunk
     for i in range(k):
-        f = t + k - 1 - i          # the lowest frame ends on top: used first
+        f = lo + k - 1 - i          # the lowest frame ends on top: used first
         spare[s + i] = np.uint64(f) << shift
         state[f] = FREE
-    for p in range(t << shift, (t + k) << shift, PAGE):
+    for p in range(lo << shift, (lo + k) << shift, PAGE):
         umem[p] = 0
     meta[P_SPARE] = s + k
     meta[P_TOTAL] = t + k
@@ -198,69 +217,142 @@ def grow(pool, umem):
 
 
 @inline
-def spare_get(pool, umem):
-    """A spare frame, HELD on return, growing the pool when none is free.
+def _spare_get(np_, umem):
+    """A spare frame, HELD on return, growing the node pool when none is free.
     Returns its address, or -1 at the cap."""
-    free, spare, cache, meta, state = pool
-    if meta[P_SPARE] == 0 and grow(pool, umem) == 0:
+    free, spare, cache, meta, state = np_
+    if meta[P_SPARE] == 0 and _grow(np_, umem) == 0:
         meta[P_AT_CAP] += 1
         return np.int64(-1)
     s = meta[P_SPARE] - 1
     meta[P_SPARE] = s
     a = spare[s]
-    hold(pool, np.int64(a >> meta[P_SHIFT]))
+    _hold(np_, np.int64(a >> meta[P_SHIFT]))
     return np.int64(a)
 
 
+# ---- pool-set kernels: what the receive loop, the sender and tests call -------
+# @pool is FramePool.t: (free, spare, cache, meta, state, x), one row of the
+# 2-D arrays per node pool. A frame's node pool follows from its index (the
+# layout is in FramePool), so a frame always returns to the pool it came from.
+
 @inline
-def short_of_ring_frames(pool):
-    """Would the FILL ring run short if this ring frame stayed held?"""
-    meta = pool[3]
-    return meta[P_RING] - meta[P_HELD_RING] < meta[P_SPILL_AT]
+def node_pool(pool, k):
+    return (pool[0][k], pool[1][k], pool[2][k], pool[3][k], pool[4])
 
 
-class FramePool:
-    """Frame accounting over a UMEM of @frames ring frames and up to @cap."""
+@inline
+def node_of(pool, f):
+    """The node pool frame @f belongs to: ring frames first, node by node,
+    then spare frames, node by node, a cap apart (powers of two)."""
+    x = pool[5]
+    n = x[X_NODES]
+    if n == 1:
+        return 0
+    end = n * x[X_RING]
+    if f < end:
+        return f >> x[X_RING_SHIFT]        # shifts, not divisions: per packet
+    return (f - end) >> x[X_CAP_SHIFT]
 
-    def __init__(self, frames: int, frame_size: int, cap: int | None = None,
-                 chunk: int | None = None, cache: int | None = None,
-                 spill_at: int | None = None) -> None:
-        cap = frames if cap is None else cap
-        cache = 0 if cache is None else cache
-        check_cap(frames, cap)
-        if cache < 0 or cache & 1 or cache > frames:
-            raise ConfigError(f"cache size {cache} must be even and in 0..{frames}",
-                              remedy=f"use {CACHE_SIZE}, or 0 for none")
-        self.frames = frames
-        self.cap = cap
-        self.frame_size = frame_size
-        self.shift = frame_size.bit_length() - 1
-        # LIFO: the most recently freed (cache-hot) frame is reused first
-        self.free = (np.arange(frames, dtype=np.uint64)[::-1] << np.uint64(self.shift)).copy()
-        self.spare = np.zeros(max(cap - frames, 1), np.uint64)
-        self.cache = np.zeros(max(cache, 1), np.uint64)
-        self.meta = np.zeros(N_META, np.int64)
-        self.state = np.full(cap, ABSENT, np.uint8)
-        self.state[:frames] = FREE
-        m = self.meta
-        m[P_TOP], m[P_CACHE_MAX], m[P_RING], m[P_TOTAL], m[P_CAP] = frames, cache, frames, frames, cap
-        chunk = min(chunk or max(frames // 4, 64), max(cap - frames, 1))
-        if chunk & (chunk - 1):
-            raise ConfigError(f"growth chunk {chunk} is not a power of two", remedy="use e.g. 512")
-        m[P_CHUNK] = chunk
-        m[P_SPILL_AT] = frames // 4 if spill_at is None else spill_at
-        m[P_SHIFT] = self.shift
-        self.t = (self.free, self.spare, self.cache, self.meta, self.state)
+
+@inline
+def active_meta(pool):
+    """The meta row of the node pool that refills FILL now."""
+    return pool[3][pool[5][X_ACTIVE]]
+
+
+@inline
+def ring_end(pool):
+    """Frames below this index are ring frames (registered, may go to FILL)."""
+    return pool[5][X_NODES] * pool[5][X_RING]
+
+
+@inline
+def hold(pool, f):
+    _hold(node_pool(pool, node_of(pool, f)), f)
+
+
+@inline
+def frame_put(pool, f):
+    _put(node_pool(pool, node_of(pool, f)), f)
+
+
+@inline
+def to_free(pool, f):
+    _to_free(node_pool(pool, node_of(pool, f)), f)
+
+
+@inline
+def fill_get(pool, ring, start, n):
+    """Up to @n frames for the FILL (or TX) ring from the active node's pool.
+    Returns how many."""
+    return _fill_get(node_pool(pool, pool[5][X_ACTIVE]), ring, start, n)
+
+
+@inline
+def fill_get_foreign(pool, ring, start, n):
+    """Up to @n frames from the other nodes' pools, for when the active one
+    has none left and the FILL ring runs low (a remote frame beats a drop;
+    counted)."""
+    x = pool[5]
+    a = x[X_ACTIVE]
+    k = 0
+    for j in range(x[X_NODES]):
+        if j != a and k < n:
+            k += _fill_get(node_pool(pool, j), ring, start + k, n - k)
+    x[X_FOREIGN] += k
+    return k
+
+
+@inline
+def grow(pool, umem):
+    return _grow(node_pool(pool, pool[5][X_ACTIVE]), umem)
+
+
+@inline
+def spare_get(pool, umem):
+    return _spare_get(node_pool(pool, pool[5][X_ACTIVE]), umem)
+
+
+@inline
+def short_of_ring_frames(pool, f):
+    """Would the FILL ring run short if ring frame @f stayed held? Only the
+    active node's frames refill FILL, so only they are worth copying out."""
+    meta = active_meta(pool)
+    return (meta[P_RING] - meta[P_HELD_RING] < meta[P_SPILL_AT]
+            and f >= meta[P_RING_LO] and _is_ring(meta, f))
+
+
+class NodePool:
+    """Accounting of one node's frames (views into the FramePool's arrays).
+
+    Its frames: ring frames [ring_lo, ring_lo + ring) and spare frames
+    [spare_lo, spare_lo + cap - ring), of which the first total - ring are
+    committed."""
+
+    def __init__(self, pool: "FramePool", k: int) -> None:
+        self.k = k
+        self.free, self.spare, self.cache = pool.free[k], pool.spare[k], pool.cache[k]
+        self.meta, self.state, self.frames = pool.meta[k], pool.state, pool.frames
+        self.shift = pool.shift
+        self.node = int(self.meta[P_NODE])
+        self.ring_lo = int(self.meta[P_RING_LO])
+        self.spare_lo = int(self.meta[P_SPARE_LO])
+        self.cap = int(self.meta[P_CAP])
 
     @property
     def total(self) -> int:
-        """Frames committed now (ring frames + grown spare frames)."""
         return int(self.meta[P_TOTAL])
 
-    def census(self, fill: int = 0) -> dict[str, int]:
-        """Frames per state; @fill (the FILL ring's occupancy) splits KERNEL."""
-        counts = np.bincount(self.state, minlength=4)
-        return {"free": int(counts[FREE]), "fill": fill, "kernel": int(counts[KERNEL]) - fill,
+    def states(self) -> np.ndarray:
+        """The state of each of this node's frames (ring, then spare up to the cap)."""
+        return np.concatenate([self.state[self.ring_lo: self.ring_lo + self.frames],
+                               self.state[self.spare_lo: self.spare_lo + self.cap - self.frames]])
+
+    def census(self) -> dict[str, int]:
+        """Frames per state (KERNEL includes those in the FILL ring)."""
+        counts = np.bincount(self.states(), minlength=4)
+        return {"free": int(counts[FREE]), "kernel": int(counts[KERNEL]),
                 "held": int(counts[HELD])}
 
     def gauges(self) -> dict[str, int]:
@@ -273,7 +365,8 @@ class FramePool:
 
     def reclaim_kernel(self) -> None:
         """After the socket is closed: frames the kernel held are free again."""
-        owned = np.flatnonzero(self.state == KERNEL)
+        ring = self.state[self.ring_lo: self.ring_lo + self.frames]
+        owned = np.flatnonzero(ring == KERNEL) + self.ring_lo
         t = int(self.meta[P_TOP])
         self.free[t: t + len(owned)] = owned.astype(np.uint64) << np.uint64(self.shift)
         self.meta[P_TOP] = t + len(owned)
@@ -282,13 +375,13 @@ class FramePool:
     def trimmable(self) -> int:
         """Spare frames at the top, whole chunks, all FREE: what trim() gives back."""
         m = self.meta
-        t, ring, chunk = int(m[P_TOTAL]), int(m[P_RING]), int(m[P_CHUNK])
+        grown, chunk = int(m[P_TOTAL]) - self.frames, int(m[P_CHUNK])
         k = 0
-        while t - k > ring:
-            lo = max(ring, t - k - chunk)
-            if (self.state[lo: t - k] != FREE).any():
+        while grown - k > 0:
+            lo = max(0, grown - k - chunk)
+            if (self.state[self.spare_lo + lo: self.spare_lo + grown - k] != FREE).any():
                 break
-            k = t - lo
+            k = grown - lo
         return k
 
     def trim(self) -> tuple[int, int]:
@@ -296,7 +389,7 @@ class FramePool:
         frame range [lo, hi) whose memory the caller may now release."""
         k = self.trimmable()
         m = self.meta
-        hi = int(m[P_TOTAL])
+        hi = self.spare_lo + int(m[P_TOTAL]) - self.frames
         lo = hi - k
         if k:
             s = int(m[P_SPARE])
@@ -304,27 +397,162 @@ class FramePool:
             self.spare[:len(keep)] = keep
             m[P_SPARE] = len(keep)
             self.state[lo:hi] = ABSENT
-            m[P_TOTAL] = lo
+            m[P_TOTAL] -= k
             m[P_TRIMS] += 1
         return lo, hi
 
-    def check(self, fill: int = 0) -> None:
-        """Assert the invariants: stacks, cache and state array agree."""
-        c = self.census(fill)
+    def check(self) -> None:
+        """Assert this pool's invariants: stacks, cache and states agree."""
+        c = self.census()
         m = self.meta
-        assert c["free"] + c["fill"] + c["kernel"] + c["held"] == self.total <= self.cap, c
-        assert (self.state[self.total:] == ABSENT).all()
+        assert c["free"] + c["kernel"] + c["held"] == self.total <= self.cap, (self.node, c)
+        grown = self.total - self.frames
+        assert (self.state[self.spare_lo + grown: self.spare_lo + self.cap - self.frames]
+                == ABSENT).all()
         sh = np.uint64(self.shift)
         lists = (self.free[: int(m[P_TOP])], self.cache[: int(m[P_CACHE])],
                  self.spare[: int(m[P_SPARE])])
-        frames = np.concatenate(lists) >> sh
-        assert c["free"] == len(frames), (c, [len(x) for x in lists])
+        frames = (np.concatenate(lists) >> sh).astype(np.int64)
+        assert c["free"] == len(frames), (self.node, c, [len(x) for x in lists])
         assert len(np.unique(frames)) == len(frames), "a frame is twice in the free lists"
-        assert (self.state[frames.astype(np.int64)] == FREE).all()
-        assert ((lists[0] >> sh) < np.uint64(self.frames)).all(), "a spare frame in the ring stack"
-        assert ((lists[2] >> sh) >= np.uint64(self.frames)).all(), "a ring frame in the spare stack"
+        assert (self.state[frames] == FREE).all()
+        ring_hi = self.ring_lo + self.frames
+        for f in (lists[0] >> sh, lists[1] >> sh):
+            assert ((f >= np.uint64(self.ring_lo)) & (f < np.uint64(ring_hi))).all(), \
+                "a frame of another node or a spare frame in the ring stack"
+        sp = lists[2] >> sh
+        assert ((sp >= np.uint64(self.spare_lo)) & (sp < np.uint64(self.spare_lo + grown))).all(), \
+            "a frame of another node or a ring frame in the spare stack"
         assert m[P_HELD] == c["held"], (int(m[P_HELD]), c)
-        assert m[P_HELD_RING] == int((self.state[: self.frames] == HELD).sum())
+        assert m[P_HELD_RING] == int((self.state[self.ring_lo: ring_hi] == HELD).sum())
+
+
+class FramePool:
+    """Frame accounting over a UMEM: one pool per NUMA node (@nodes, node
+    numbers; one pool without NUMA), each of @frames ring frames growing up
+    to @cap frames. Layout of the frame index space (why: the ring frames of
+    every node must be one registered prefix, see the module docstring)::
+
+        [ring frames node 0 | node 1 | ...][spare frames node 0 | node 1 | ...]
+          frames each                         cap - frames each, `cap` apart
+
+    The spare regions start a power of two apart so a frame's node is two
+    shifts away; the gaps are never touched and cost no memory (the memfd is
+    sparse).
+    """
+
+    def __init__(self, frames: int, frame_size: int, cap: int | None = None,
+                 chunk: int | None = None, cache: int | None = None,
+                 spill_at: int | None = None, nodes: list[int] | None = None) -> None:
+        cap = frames if cap is None else cap
+        cache = 0 if cache is None else cache
+        check_cap(frames, cap)
+        if cache < 0 or cache & 1 or cache > frames:
+            raise ConfigError(f"cache size {cache} must be even and in 0..{frames}",
+                              remedy=f"use {CACHE_SIZE}, or 0 for none")
+        self.node_ids = list(nodes) if nodes else [-1]
+        n = len(self.node_ids)
+        self.frames = frames
+        self.cap = cap * n           # frames of all node pools together
+        self.node_cap = cap
+        self.frame_size = frame_size
+        self.shift = frame_size.bit_length() - 1
+        chunk = min(chunk or max(frames // 4, 64), max(cap - frames, 1))
+        if chunk & (chunk - 1):
+            raise ConfigError(f"growth chunk {chunk} is not a power of two", remedy="use e.g. 512")
+        sw = max(cap - frames, 1)
+        self.free = np.zeros((n, frames), np.uint64)
+        self.spare = np.zeros((n, sw), np.uint64)
+        self.cache = np.zeros((n, max(cache, 1)), np.uint64)
+        self.meta = np.zeros((n, N_META), np.int64)
+        self.span = n * frames + (n - 1) * cap + (cap - frames)   # frame indices used
+        self.state = np.full(self.span, ABSENT, np.uint8)
+        self.x = np.zeros(N_X, np.int64)
+        self.x[X_NODES], self.x[X_RING], self.x[X_SPARE] = n, frames, cap - frames
+        self.x[X_SHIFT], self.x[X_CACHE_W], self.x[X_SPARE_W] = self.shift, max(cache, 1), sw
+        self.x[X_RING_SHIFT], self.x[X_CAP_SHIFT] = frames.bit_length() - 1, cap.bit_length() - 1
+        for k in range(n):
+            lo = k * frames
+            # LIFO: the most recently freed (cache-hot) frame is reused first
+            self.free[k] = (np.arange(lo, lo + frames, dtype=np.uint64)[::-1]
+                            << np.uint64(self.shift))
+            self.state[lo: lo + frames] = FREE
+            m = self.meta[k]
+            m[P_TOP], m[P_CACHE_MAX], m[P_RING], m[P_TOTAL], m[P_CAP] = frames, cache, frames, frames, cap
+            m[P_CHUNK] = chunk
+            m[P_SPILL_AT] = frames // 4 if spill_at is None else spill_at
+            m[P_SHIFT] = self.shift
+            m[P_RING_LO], m[P_SPARE_LO] = lo, n * frames + k * cap
+            m[P_NODE] = self.node_ids[k]
+        self.nodes = [NodePool(self, k) for k in range(n)]
+        self.t = (self.free, self.spare, self.cache, self.meta, self.state, self.x)
+
+    # ---- which node pool refills ----------------------------------------------
+    @property
+    def active(self) -> int:
+        """The node number whose pool refills FILL (-1: not NUMA-bound)."""
+        return self.node_ids[int(self.x[X_ACTIVE])]
+
+    @property
+    def active_index(self) -> int:
+        return int(self.x[X_ACTIVE])
+
+    def set_active(self, node: int) -> None:
+        """Refill from @node's pool from the next batch on (the caller holds
+        the receive lock). Frames of the previous node still in flight go back
+        to their own pool when let go."""
+        self.x[X_ACTIVE] = self.node_ids.index(node)
+
+    def node_index_of(self, frame: int) -> int:
+        n, r = len(self.nodes), self.frames
+        if frame < n * r:
+            return frame // r
+        return (frame - n * r) // self.node_cap
+
+    # ---- accounting over every node pool --------------------------------------
+    @property
+    def total(self) -> int:
+        """Frames committed now (ring frames + grown spare frames, all nodes)."""
+        return int(self.meta[:, P_TOTAL].sum())
+
+    def census(self, fill: int = 0) -> dict[str, int]:
+        """Frames per state; @fill (the FILL ring's occupancy) splits KERNEL."""
+        counts = np.bincount(self.state, minlength=4)
+        return {"free": int(counts[FREE]), "fill": fill, "kernel": int(counts[KERNEL]) - fill,
+                "held": int(counts[HELD])}
+
+    def gauges(self) -> dict[str, int]:
+        g: dict[str, int] = {}
+        for p in self.nodes:
+            for key, v in p.gauges().items():
+                g[key] = g.get(key, 0) + v
+        g["chunk"] = int(self.meta[0, P_CHUNK])
+        g["foreign_fills"] = int(self.x[X_FOREIGN])
+        return g
+
+    def per_node(self) -> list[dict]:
+        """Each node pool's census and gauges (stats, tests)."""
+        return [{"node": p.node, **p.gauges(), **p.census()} for p in self.nodes]
+
+    def reclaim_kernel(self) -> None:
+        for p in self.nodes:
+            p.reclaim_kernel()
+
+    def trimmable(self) -> int:
+        return sum(p.trimmable() for p in self.nodes)
+
+    def trim(self) -> list[tuple[int, int]]:
+        """Trim every node pool; the frame ranges whose memory may go back."""
+        return [r for r in (p.trim() for p in self.nodes) if r[1] > r[0]]
+
+    def check(self, fill: int = 0) -> None:
+        """Assert the invariants, per node pool and over all of them."""
+        for p in self.nodes:
+            p.check()
+        c = self.census(fill)
+        assert c["free"] + c["fill"] + c["kernel"] + c["held"] == self.total <= self.cap, c
+        assert c["kernel"] >= 0, c
+        assert 0 <= self.x[X_ACTIVE] < len(self.nodes)
 
 
 # ---- memory ------------------------------------------------------------------
@@ -364,7 +592,8 @@ class Umem:
     def __init__(self, frames: int = 4096, frame_size: int = 2048, headroom: int = 0,
                  fill_size: int = 0, comp_size: int = 64, max_frames: int | None = None,
                  hugepages: str = "auto", cache: int | None = None, chunk: int | None = None,
-                 spill_at: int | None = None) -> None:
+                 spill_at: int | None = None, nodes: list[int] | None = None,
+                 bind: bool = True) -> None:
         check_frames(frames, frame_size, headroom)
         max_frames = frames if max_frames is None else max_frames
         check_cap(frames, max_frames)
@@ -374,14 +603,22 @@ class Umem:
         self.max_frames = max_frames
         self.frame_size = frame_size
         self.headroom = headroom
-        self.size = max_frames * frame_size        # what the memfd and the mapping span
-        self.registered = frames * frame_size      # what the kernel pins
+        self.nodes = list(nodes) if nodes else []
+        n = max(len(self.nodes), 1)
+        # what the memfd and the mapping span (FramePool's layout; sparse)
+        self.size = ((n - 1) * frames + n * max_frames) * frame_size
+        self.registered = n * frames * frame_size      # what the kernel pins
+        self.bound = False
         self._handle = ctypes.c_void_p()
         self.memfd = -1
         self._map = None
         self.area = None
         try:
             self._allocate(hugepages)
+            self.pool = FramePool(frames, frame_size, max_frames, chunk, cache, spill_at,
+                                  self.nodes)
+            if self.nodes and bind:
+                self._bind()      # before registration faults the ring frames in
             self.fill_x = native.XskRing()
             self.comp_x = native.XskRing()
             if not fill_size:
@@ -401,18 +638,50 @@ class Umem:
             raise
         self.fill = Ring(self.fill_x, desc=False)
         self.comp = Ring(self.comp_x, desc=False)
-        self.pool = FramePool(frames, frame_size, max_frames, chunk, cache, spill_at)
+
+    def regions(self, k: int) -> list[tuple[int, int]]:
+        """Byte ranges [start, end) of node pool @k's frames (ring, spare)."""
+        p, fs = self.pool.nodes[k], self.frame_size
+        r = [(p.ring_lo * fs, (p.ring_lo + self.frames) * fs)]
+        if self.max_frames > self.frames:
+            r.append((p.spare_lo * fs, (p.spare_lo + self.max_frames - self.frames) * fs))
+        return r
+
+    def _bind(self) -> None:
+        base = self.area.ctypes.data
+        for k, node in enumerate(self.nodes):
+            for lo, hi in self.regions(k):
+                numa.bind(base + lo, hi - lo, node)
+        self.bound = True
+
+    def placement(self) -> list[dict]:
+        """Per node pool: the memory policy the kernel reports for its frames
+        (get_mempolicy) and where its committed pages really are (move_pages)."""
+        base, fs = self.area.ctypes.data, self.frame_size
+        page = HUGE if self.hugetlb else PAGE
+        out = []
+        for k, p in enumerate(self.pool.nodes):
+            mode, nodes = numa.policy_of(base + p.ring_lo * fs)
+            where: dict[int, int] = {}
+            spans = [(p.ring_lo, self.frames), (p.spare_lo, p.total - self.frames)]
+            for lo, n in spans:
+                for node, c in numa.pages_by_node(base + lo * fs, n * fs, page).items():
+                    where[node] = where.get(node, 0) + c
+            out.append({"pool": k, "node": p.node, "policy": mode, "policy_nodes": nodes,
+                        "pages_by_node": where})
+        return out
 
     def _allocate(self, hugepages: str) -> None:
         """memfd + mapping of the whole cap; sets `pages` to what was used."""
         flags = native.MFD_CLOEXEC | native.MFD_ALLOW_SEALING
         need = -(-self.size // HUGE)
         free_huge = _meminfo("HugePages_Free") - _meminfo("HugePages_Rsvd")
-        aligned = self.registered % HUGE == 0
+        aligned = (self.frames * self.frame_size) % HUGE == 0
         why = ""
         if hugepages != "off":
             if not aligned:
-                why = f"the ring frames ({self.registered >> 10} KiB) are not a multiple of 2 MiB"
+                why = (f"the ring frames ({self.frames * self.frame_size >> 10} KiB per pool) "
+                       "are not a multiple of 2 MiB")
             elif free_huge < need:
                 why = (f"{max(free_huge, 0)} hugetlb pages free, {need} needed "
                        f"(sysctl vm.nr_hugepages={_meminfo('HugePages_Total') + need - max(free_huge, 0)})")
@@ -468,11 +737,11 @@ class Umem:
         """Give the pool's free top chunks back to the system. Returns bytes."""
         if self.hugetlb:
             return 0   # reserved pages: nothing to give back
-        lo, hi = self.pool.trim()
-        if hi > lo:
-            fs = self.frame_size
+        fs, n = self.frame_size, 0
+        for lo, hi in self.pool.trim():
             self._map.madvise(mmap.MADV_REMOVE, lo * fs, (hi - lo) * fs)
-        return (hi - lo) * self.frame_size
+            n += (hi - lo) * fs
+        return n
 
     def close(self) -> None:
         """Unregister and unmap. Sockets on this UMEM must be closed first."""
