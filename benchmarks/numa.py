@@ -48,8 +48,10 @@ def main() -> int:
     cases = {"off": py + ["off"], "auto": py + ["auto"], "auto_2node": py + ["auto", sysfs]}
     runs: dict[str, list[dict]] = {k: [] for k in cases}
     with VethPair() as pair:
+        names = list(cases)
         for rep in range(a.reps):
-            for name, argv in cases.items():
+            for name in names[rep % 3:] + names[:rep % 3]:   # rotate: no order bias
+                argv = cases[name]
                 r = measure(pair, argv, a.seconds)
                 runs[name].append(r)
                 print(f"rep {rep + 1} {name:10s} {r['pps'] / 1e6:6.3f} Mpps "

@@ -328,17 +328,27 @@ def reclaim(ctab, c, umem, pool, stats, hub):
 
 
 @kernel
-def gather_feedback(ctab, hub, cpu, node, nbytes):
-    """Every consumer's feedback from its CTL page (cpu, node, bytes read;
-    cpu -1 for empty slots). Returns the slots looked at."""
-    n = hub[H_NSLOTS]
-    for c in range(n):
+def collect_feedback(ctab, hub, last, cpu_node, pool_of_node, per):
+    """Credit the bytes each consumer read since the last call (from the
+    feedback in its CTL page) to the pool of the node it runs on: per[pool]
+    += bytes. The node is the topology's for the consumer's cpu (@cpu_node),
+    else the node the consumer reported; nodes without a pool get nothing.
+    @last: bytes seen per slot at the last call (0 for a new consumer)."""
+    for c in range(hub[H_NSLOTS]):
         if ctab[c, C_ACTIVE] == 0:
-            cpu[c] = -1
-            node[c] = -1
+            last[c] = 0
             continue
         where = raw(ctab[c, C_CTL] + CR.CTL_FEEDBACK, 2, np.uint32)
-        cpu[c] = -1 if where[0] == CR.NO_CPU else np.int64(where[0])
-        node[c] = -1 if where[1] == CR.NO_CPU else np.int64(where[1])
-        nbytes[c] = np.int64(raw(ctab[c, C_CTL] + CR.CTL_FEEDBACK + 8, 1, np.uint64)[0])
-    return n
+        b = np.int64(raw(ctab[c, C_CTL] + CR.CTL_FEEDBACK + 8, 1, np.uint64)[0])
+        d = b - last[c] if b >= last[c] else b
+        last[c] = b
+        if d == 0:
+            continue
+        node = np.int64(-1)
+        if where[0] != CR.NO_CPU and where[0] < cpu_node.shape[0]:
+            node = cpu_node[where[0]]
+        if node < 0 and where[1] != CR.NO_CPU:
+            node = np.int64(where[1])
+        if 0 <= node < pool_of_node.shape[0] and pool_of_node[node] >= 0:
+            per[pool_of_node[node]] += d
+    return 0

@@ -199,8 +199,8 @@ class Policy:
     majority: float = 0.6
     min_bytes: int = 64 << 10
     current: int = field(init=False)
-    acc: np.ndarray = field(init=False)
-    last_share: dict = field(init=False, default_factory=dict)
+    acc: list = field(init=False)
+    last_share: list = field(init=False, default_factory=list)
     streak: int = field(init=False, default=0)
     leader: int = field(init=False, default=-1)
     windows: int = field(init=False, default=0)
@@ -225,26 +225,27 @@ class Policy:
         else:
             self.current = self.nodes[0]
             self.reason = "first node with memory (no feedback yet, interface node unknown)"
-        self.acc = np.zeros(len(self.nodes), np.int64)
+        self.acc = [0] * len(self.nodes)
 
     @property
     def adaptive(self) -> bool:
         return self.mode == "auto" and len(self.nodes) > 1
 
-    def observe(self, node_bytes: np.ndarray, batch: int = 0) -> bool:
+    def observe(self, node_bytes, batch: int = 0) -> bool:
         """Add bytes read per pool node (same order as `nodes`) since the last
-        call. Returns True when the refill node changed."""
+        call. Returns True when the refill node changed. Plain Python on a
+        handful of ints: it runs every `numa_every` batches."""
         if not self.adaptive:
             return False
-        self.acc += node_bytes
-        total = int(self.acc.sum())
+        acc = self.acc = [a + int(b) for a, b in zip(self.acc, node_bytes)]
+        total = sum(acc)
         if total < self.min_bytes:
             return False
-        share = self.acc / total
-        self.last_share = {n: round(float(s), 4) for n, s in zip(self.nodes, share)}
-        self.acc[:] = 0
+        share = [a / total for a in acc]
+        self.acc = [0] * len(acc)
         self.windows += 1
-        top = int(np.argmax(share))
+        self.last_share = share
+        top = max(range(len(share)), key=share.__getitem__)
         lead = self.nodes[top]
         if lead == self.current or share[top] < self.majority:
             self.streak, self.leader = 0, -1   # no clear challenger: stay
@@ -265,7 +266,7 @@ class Policy:
     def describe(self) -> dict:
         return {"mode": self.mode if isinstance(self.mode, str) else "fixed",
                 "nodes": self.nodes, "refill_node": self.current, "why": self.reason,
-                "last_window_share": self.last_share, "windows": self.windows,
+                "last_window_share": {n: round(x, 4) for n, x in zip(self.nodes, self.last_share)}, "windows": self.windows,
                 "challenger": {"node": self.leader, "windows": self.streak} if self.streak else None,
                 "switches": len(self.switches),
                 "history": [s.as_dict() for s in self.switches[-8:]]}

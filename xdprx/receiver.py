@@ -31,6 +31,7 @@ from .batch import Batch
 from .bpfprog import XdpProgram
 from .consumer import Consumer
 from .errors import ConfigError, XdprxError, check_privileges
+from .feedback import Feedback
 from .groups import Group, group_table, parse_groups
 from .hub import Hub
 from .membership import Membership
@@ -294,49 +295,22 @@ class Receiver:
         self.interface_node = topo.interface_node(self.ifname)
         pol = numa_mod.Policy(nodes, mode, start=self.interface_node, window=window)
         if pol.adaptive:
-            maxcpu = max((c for cpus in topo.nodes.values() for c in cpus), default=0)
-            self._cpu_node = np.full(maxcpu + 1, -1, np.int64)
-            for c in range(maxcpu + 1):
-                self._cpu_node[c] = topo.node_of_cpu(c)
-            self._pool_index = {n: i for i, n in enumerate(nodes)}
-            n = len(self.hub.ctab)
-            self._fb_cpu, self._fb_node = np.zeros(n, np.int64), np.zeros(n, np.int64)
-            self._fb_bytes, self._fb_last = np.zeros(n, np.int64), np.zeros(n, np.int64)
-            self._own_last = 0
+            self._feedback = Feedback(topo, nodes, len(self.hub.ctab))
             self._numa_next = 0
         log.info("xdprx numa: %s; frame pools on node(s) %s, refill from node %d (%s)",
                  topo, ",".join(map(str, nodes)), pol.current, pol.reason)
         return pol, nodes
 
     def _numa_tick(self) -> None:
-        """Every `numa_every` batches (under the lock): read the consumers'
-        feedback, credit the bytes they read since the last tick to their
-        node, and let the policy move the refill node."""
+        """Every `numa_every` batches (under the lock): the bytes read per node
+        since the last tick (feedback.py) go to the policy, which may move
+        the refill node."""
         batches = int(self.counters[bulk.S_BATCHES])
         self._numa_next = batches + self.numa_every
-        n = bulk.gather_feedback(self.hub.ctab, self.hub.hub, self._fb_cpu, self._fb_node,
-                                 self._fb_bytes)
-        per = np.zeros(len(self.policy.nodes), np.int64)
-        b, last = self._fb_bytes[:n], self._fb_last[:n]
-        delta = np.where(b >= last, b - last, b)    # a reused slot starts from 0
-        last[:] = b
-        for c in np.flatnonzero(delta):
-            self._credit(per, int(self._fb_cpu[c]), int(self._fb_node[c]), int(delta[c]))
-        own = int(self.counters[bulk.S_OWN_BYTES])
-        if own != self._own_last:        # the application reading rx.recv() batches
-            self._credit(per, *numa_mod.getcpu(), own - self._own_last)
-            self._own_last = own
+        per = self._feedback.collect(self.hub.ctab, self.hub.hub,
+                                     int(self.counters[bulk.S_OWN_BYTES]))
         if self.policy.observe(per, batches):
             self.umem.pool.set_active(self.policy.current)
-
-    def _credit(self, per: np.ndarray, cpu: int, node: int, nbytes: int) -> None:
-        """Bytes read on @cpu go to its node (the topology's word first, the
-        reader's own getcpu node otherwise); nodes without a pool are ignored."""
-        if 0 <= cpu < len(self._cpu_node) and self._cpu_node[cpu] >= 0:
-            node = int(self._cpu_node[cpu])
-        i = self._pool_index.get(node)
-        if i is not None:
-            per[i] += nbytes
 
     def numa_stats(self) -> dict:
         """The refill node, why, the feedback behind it, and every switch."""
