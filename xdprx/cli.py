@@ -1,4 +1,4 @@
-"""The `xdprx` command: run, subscribe, stats, demo.
+"""The `xdprx` command: run, subscribe, stats, demo, bench.
 
 Every user error ends in one line `xdprx: error: <what>; <remedy>` and exit
 code 2 (argparse's convention for usage errors).
@@ -104,6 +104,21 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return demo(seconds=a.seconds, rate=a.rate, mode=a.mode)
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    """Run benchmarks/suite.py from the source tree this xdprx comes from."""
+    import runpy
+    from pathlib import Path
+    from .errors import ConfigError
+    suite = Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py"
+    if not suite.exists():
+        raise ConfigError("xdprx bench needs the source tree (benchmarks/ next to xdprx/)",
+                          remedy="run it from a clone: pip install -e . there")
+    argv = (["--quick"] if a.quick else []) + (["--out", a.out] if a.out else []) + \
+        (["--reps", str(a.reps)] if a.reps else []) + \
+        (["--seconds", str(a.seconds)] if a.seconds else [])
+    return runpy.run_path(str(suite), run_name="xdprx_bench")["main"](argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xdprx", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -138,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_stats)
+    b = sub.add_parser("bench", help="xdprx against the kernel path and a C AF_XDP loop")
+    b.add_argument("--quick", action="store_true", help="a smoke run under 2 minutes")
+    b.add_argument("--out", help="report directory (default benchmarks/out/report)")
+    b.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")
+    b.add_argument("--seconds", type=float, default=None, help="seconds per run (default 5)")
+    b.set_defaults(fn=cmd_bench)
     d = sub.add_parser("demo", help="self-contained demo on its own veth pair")
     d.add_argument("--seconds", type=float, default=5.0)
     d.add_argument("--rate", type=int, default=100000, help="packets/s offered")
