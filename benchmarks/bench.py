@@ -81,6 +81,13 @@ def add_rates(res: dict, count: str, rate: str, cpu_ns: str) -> dict:
     return res
 
 
+def pps_summary(rs: list[dict]) -> dict:
+    """Median, min and max packets/s and the median CPU ns per packet of runs."""
+    pps = [r["pps"] for r in rs]
+    return {"pps_median": statistics.median(pps), "pps_min": min(pps), "pps_max": max(pps),
+            "cpu_ns_per_pkt_median": statistics.median(r["cpu_ns_per_pkt"] for r in rs)}
+
+
 def measure(pair: VethPair, argv: list[str], seconds: float) -> dict:
     return add_rates(run_pinned(pair, argv, seconds), "packets", "pps", "cpu_ns_per_pkt")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench import OUT, _cpu_model, build, measure  # noqa: E402
+from bench import OUT, _cpu_model, build, measure, pps_summary  # noqa: E402
 
 from xdprx.testing import VethPair, fake_sysfs  # noqa: E402
 
@@ -57,14 +56,8 @@ def main() -> int:
                 print(f"rep {rep + 1} {name:10s} {r['pps'] / 1e6:6.3f} Mpps "
                       f"{r['cpu_ns_per_pkt']:6.1f} ns CPU/pkt  switches {r['numa_switches']} "
                       f"windows {r['numa_windows']} refill node {r['refill_node']}", flush=True)
-    res = {}
-    for name, rs in runs.items():
-        pps = [r["pps"] for r in rs]
-        res[name] = {"pps_median": statistics.median(pps), "pps_min": min(pps),
-                     "pps_max": max(pps),
-                     "cpu_ns_per_pkt_median": statistics.median(r["cpu_ns_per_pkt"] for r in rs),
-                     "numa_switches": [r["numa_switches"] for r in rs],
-                     "numa_windows": [r["numa_windows"] for r in rs]}
+    res = {name: dict(pps_summary(rs), numa_switches=[r["numa_switches"] for r in rs],
+                      numa_windows=[r["numa_windows"] for r in rs]) for name, rs in runs.items()}
     base = res["off"]["pps_median"]
     for name in ("auto", "auto_2node"):
         res[name]["ratio_to_off"] = res[name]["pps_median"] / base

@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench import OUT, _cpu_model, build, measure  # noqa: E402
+from bench import OUT, _cpu_model, build, measure, pps_summary  # noqa: E402
 
 from xdprx.testing import VethPair, payloads  # noqa: E402
 
@@ -70,12 +70,7 @@ def cache(reps: int, seconds: float) -> dict:
                 runs[name].append(r)
                 print(f"cache rep {rep + 1} {name:9s} {r['pps'] / 1e6:6.2f} Mpps "
                       f"{r['cpu_ns_per_pkt']:6.1f} ns CPU/pkt", flush=True)
-    out = {}
-    for name, rs in runs.items():
-        pps = [r["pps"] for r in rs]
-        out[name] = {"pps_median": statistics.median(pps), "pps_min": min(pps),
-                     "pps_max": max(pps),
-                     "cpu_ns_per_pkt_median": statistics.median(r["cpu_ns_per_pkt"] for r in rs)}
+    out = {name: pps_summary(rs) for name, rs in runs.items()}
     out["ratio_cache_to_none"] = out["cache_64"]["pps_median"] / out["no_cache"]["pps_median"]
     return out
 

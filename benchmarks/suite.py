@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench import OUT, _cpu_model, build, measure, run_pinned  # noqa: E402
+from bench import OUT, _cpu_model, build, measure  # noqa: E402
 from fanout import run_one  # noqa: E402
 
 from xdprx import bpfprog  # noqa: E402

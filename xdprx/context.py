@@ -117,5 +117,9 @@ def warm() -> None:
         rx_burst_ctx(ctx, 0, 1 << 30, 1)
         release_ctx(ctx, 0)
         reclaim_ctx(ctx, 0)
+        # the NUMA policy's feedback kernel: else it compiles at the first tick,
+        # mid-traffic, for seconds
+        z = np.zeros(1, np.int64)
+        bulk.collect_feedback(arrays["ctab"], arrays["hub"], z, z, z, z)
         sender.warm()
     consumer.warm()

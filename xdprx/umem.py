@@ -81,8 +81,8 @@ STATE_NAMES = ("free", "kernel", "held", "absent")
  P_NODE) = range(19)
 N_META = 24
 # pool-set slots (int64): which node pool refills FILL, and the layout
-(X_ACTIVE, X_NODES, X_RING, X_SPARE, X_SHIFT, X_FOREIGN, X_CACHE_W, X_SPARE_W, X_RING_SHIFT,
- X_CAP_SHIFT) = range(10)
+(X_ACTIVE, X_NODES, X_RING, X_SHIFT, X_FOREIGN, X_CACHE_W, X_SPARE_W, X_RING_SHIFT,
+ X_CAP_SHIFT) = range(9)
 N_X = 12
 CACHE_SIZE = 64     # a useful cache size (flushes 32 at a time); off by default:
                     # benchmarks/pool.py measured no gain with a single-writer pool
@@ -468,7 +468,7 @@ class FramePool:
         self.span = n * frames + (n - 1) * cap + (cap - frames)   # frame indices used
         self.state = np.full(self.span, ABSENT, np.uint8)
         self.x = np.zeros(N_X, np.int64)
-        self.x[X_NODES], self.x[X_RING], self.x[X_SPARE] = n, frames, cap - frames
+        self.x[X_NODES], self.x[X_RING] = n, frames
         self.x[X_SHIFT], self.x[X_CACHE_W], self.x[X_SPARE_W] = self.shift, max(cache, 1), sw
         self.x[X_RING_SHIFT], self.x[X_CAP_SHIFT] = frames.bit_length() - 1, cap.bit_length() - 1
         for k in range(n):
