@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -50,16 +51,20 @@ def contenders(seconds: float, mode: str) -> dict[str, list[str]]:
     }
 
 
-def run_pinned(pair: VethPair, argv: list[str], seconds: float) -> dict:
+def run_pinned(pair: VethPair, argv: list[str], seconds: float,
+               after_ready: Callable[[VethPair], object] | None = None) -> dict:
     """Start the receiver @argv on RX_CPU in the rx namespace, wait for its
-    "ready", run the generator on GEN_CPU for @seconds + 1.5 s, and return the
-    receiver's last JSON line plus offered_pps."""
+    "ready" (then call @after_ready, e.g. to set placement B), run the
+    generator on GEN_CPU for @seconds + 1.5 s, and return the receiver's last
+    JSON line plus offered_pps."""
     rx = pair.popen("rx", ["taskset", "-c", RX_CPU] + argv, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True)
     try:
         line = rx.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"receiver did not start: {line} {rx.stderr.read()}")
+        if after_ready:
+            after_ready(pair)
         gen = pair.run("tx", ["taskset", "-c", GEN_CPU, str(OUT / "gen"),
                               str(OUT / "gen_kern.o"), VethPair.tx_if, str(seconds + 1.5)],
                        timeout=seconds + 60)
@@ -88,8 +93,10 @@ def pps_summary(rs: list[dict]) -> dict:
             "cpu_ns_per_pkt_median": statistics.median(r["cpu_ns_per_pkt"] for r in rs)}
 
 
-def measure(pair: VethPair, argv: list[str], seconds: float) -> dict:
-    return add_rates(run_pinned(pair, argv, seconds), "packets", "pps", "cpu_ns_per_pkt")
+def measure(pair: VethPair, argv: list[str], seconds: float,
+            after_ready: Callable[[VethPair], object] | None = None) -> dict:
+    return add_rates(run_pinned(pair, argv, seconds, after_ready), "packets", "pps",
+                     "cpu_ns_per_pkt")
 
 
 def main() -> int:

@@ -1,7 +1,9 @@
 """xdprx contender: Receiver, reading the first 64 bytes of every packet in a
 Numba function over the batch arrays (the way the README tells users to).
 
-    touch_rx.py IFNAME SECONDS MODE [BATCH] [CACHE|-] [NUMA] [SYSFS_ROOT]"""
+    touch_rx.py [--spin N] IFNAME SECONDS MODE [BATCH] [CACHE|-] [NUMA] [SYSFS_ROOT]
+
+--spin 0 is poll mode: block in poll() as soon as the ring is empty."""
 from __future__ import annotations
 
 import json
@@ -30,13 +32,19 @@ def touch64(umem, offsets, n):
 
 
 def main() -> None:
+    argv, spin = sys.argv, 64
+    if "--spin" in argv:
+        i = argv.index("--spin")
+        spin = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
+    sys.argv = argv
     ifname, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     batch = int(sys.argv[4]) if len(sys.argv) > 4 else 256
     cache = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "-" else None
     numa = sys.argv[6] if len(sys.argv) > 6 else "auto"      # auto | off | NODE
     topo = Topology(sys.argv[7]) if len(sys.argv) > 7 else None   # a simulated sysfs
     with xdprx.Receiver(ifname, ["239.1.2.3:5000"], mode=mode, batch_size=batch,
-                        cache=cache, numa=numa, topology=topo) as rx:
+                        cache=cache, numa=numa, topology=topo, spin=spin) as rx:
         touch64(rx.umem.area, np.zeros(1, np.uint64) + 4096, 0)
         print("ready", flush=True)
         # wait for the first packet, then measure a fixed window

@@ -5,8 +5,9 @@ import json
 import subprocess
 import sys
 
-EXPECTED = {"xdp_drop", "c_spin", "c_poll", "xdprx", "kernel/1", "kernel/16", "xdprx/1",
-            "xdprx/16"}
+EXPECTED = {"A xdp_drop", "A c_spin", "A c_poll", "A xdprx", "A xdprx_poll", "A kernel/1",
+            "A kernel/16", "A xdprx/1", "A xdprx/16", "B c_poll", "B xdprx"}
+LOSSFREE = {f"B {who}/{n}" for who in ("kernel", "xdprx", "xdprx-proc") for n in (1, 16)}
 
 
 def test_bench_quick_writes_a_well_formed_report(pair, tmp_path):
@@ -17,21 +18,28 @@ def test_bench_quick_writes_a_well_formed_report(pair, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
     assert rep["quick"] and rep["reps"] == 1 and rep["ns"] == [1, 16]
-    assert rep["machine"]["placement"] == "A" and rep["machine"]["kernel"]
+    assert set(rep["machine"]["placements"]) == {"A", "B"} and rep["machine"]["kernel"]
     assert set(rep["summary"]) == EXPECTED
     for name, s in rep["summary"].items():
         assert s["runs"] == 1 and s["min"] <= s["median"] <= s["max"], name
         assert s["median"] > 0, f"{name} measured nothing"
         assert len(rep["runs"][name]) == 1
-    for name in EXPECTED - {"xdp_drop"}:
+    for name in EXPECTED - {"A xdp_drop"}:
         assert rep["summary"][name]["cpu_ns_median"] > 0, name
+    # placement B: every contender found a loss-free rate and measured latency
+    assert set(rep["lossfree"]) == LOSSFREE
+    for name, b in rep["lossfree"].items():
+        assert b["runs"] == 1 and b["deliveries_per_s_median"] > 0, name
+        assert 0 < b["latency_p50_us"] <= b["latency_p99_us"] <= b["latency_p99.9_us"], name
+        assert b["latency_batches"] > 0 and 0 <= b["latency_loss_max"] <= 1, name
+        for probe in rep["lossfree_runs"][name]["searches"][0]["probes"]:
+            assert probe["sent"] > 0 and 0 <= probe["deliveries"] <= probe["sent"] * b["n"]
     for t in rep["targets"]:
         assert t["met"] in (True, False, None) and t["target"]
         assert (t["value"] is None) == (t["met"] is None)
-    assert rep["not_measured"]
     md = (out / "report.md").read_text()
     assert "| contender |" in md and "## Targets" in md and rep["command"] in md
     for png in rep["plots"]:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
         assert f"![{png}]({png})" in md
-    assert set(rep["plots"]) == {"deliveries_vs_n.png", "cpu_per_packet.png"}
+    assert set(rep["plots"]) == {"deliveries_vs_n.png", "latency_vs_n.png", "cpu_per_packet.png"}

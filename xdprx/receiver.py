@@ -245,7 +245,12 @@ class Receiver:
             if n or (not self_ref and self.counters[bulk.S_BATCHES] != self._batches):
                 return n, now
             if spins < self.spin:
+                # peek the RX producer index (one load, not a burst) until a
+                # packet shows up: the burst does the acquire
                 spins += 1
+                prod, local = self.xsk.rx.prod, self.xsk.rx.local
+                while spins < self.spin and int(prod[0]) == int(local[1]):
+                    spins += 1
                 continue
             wait_ms = -1 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
             if deadline is not None and wait_ms == 0 and spins > self.spin:

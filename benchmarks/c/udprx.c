@@ -4,7 +4,11 @@
  *
  *   udprx IFNAME GROUP PORT N SECONDS
  * prints "ready", waits for the first datagram, measures SECONDS, then prints
- * one JSON line: deliveries (datagrams summed over sockets), seconds, cpu. */
+ * one JSON line: deliveries (datagrams summed over sockets), seconds, cpu.
+ * With SECONDS 0 it serves until stdin closes instead: each line read on
+ * stdin prints one JSON line of cumulative counts and the per-batch latency
+ * histogram since the last one (latency: now - the send time pgen wrote at
+ * payload offset 8, for the first datagram of each recvmmsg batch). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <net/if.h>
@@ -17,9 +21,71 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "lat.h"
 
 #define VLEN 64
 #define MAXS 256
+
+static unsigned long long rcvbuf_errors(void)
+{
+	/* datagrams dropped for lack of buffer, summed over sockets */
+	unsigned long long drops = 0;
+	FILE *f = fopen("/proc/net/snmp", "r");
+	char line[1024];
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, "Udp: ", 5) && strstr(line, "InDatagrams") == NULL) {
+			unsigned long long v[8] = {0};
+			sscanf(line + 5, "%llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4]);
+			drops = v[4];
+		}
+	if (f)
+		fclose(f);
+	return drops;
+}
+
+static int serve(struct pollfd *pfd, int n, struct mmsghdr *msgs, char (*bufs)[2048])
+{
+	static uint64_t hist[LAT_NB];
+	unsigned long long got = 0, acc = 0, per[MAXS] = {0};
+	pfd[n] = (struct pollfd){.fd = 0, .events = POLLIN};
+	double c0 = cpu();
+	for (unsigned long it = 0;; it++) {
+		int idle = 1;
+		for (int s = 0; s < n; s++) {
+			int k = recvmmsg(pfd[s].fd, msgs, VLEN, MSG_DONTWAIT, NULL);
+			if (k <= 0)
+				continue;
+			struct timespec ts;
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			int64_t t = ts.tv_sec * 1000000000ll + ts.tv_nsec;
+			lat_add(hist, t - *(int64_t *)(bufs[0] + 8));
+			idle = 0;
+			got += k;
+			per[s] += k;
+			for (int i = 0; i < k; i++)
+				for (int j = 0; j < 64; j += 8)
+					acc += *(unsigned long long *)(bufs[i] + j);
+		}
+		if (!idle && (it & 255))
+			continue;
+		poll(pfd, n + 1, idle ? 10 : 0);
+		if (!pfd[n].revents)
+			continue;
+		char line[256];
+		if (!fgets(line, sizeof(line), stdin))
+			return 0;
+		unsigned long long lo = per[0];
+		for (int s = 1; s < n; s++)
+			lo = per[s] < lo ? per[s] : lo;
+		printf("{\"deliveries\": %llu, \"min_per_consumer\": %llu, \"cpu\": %.4f, "
+		       "\"rcvbuf_errors\": %llu, \"check\": %llu, \"latency\": ", got, lo, cpu() - c0,
+		       rcvbuf_errors(), acc & 1);
+		lat_print(hist);
+		printf("}\n");
+		fflush(stdout);
+		memset(hist, 0, sizeof(hist));
+	}
+}
 
 int main(int argc, char **argv)
 {
@@ -31,7 +97,7 @@ int main(int argc, char **argv)
 	double secs = atof(argv[5]);
 	if (n < 1 || n > MAXS)
 		return 2;
-	struct pollfd pfd[MAXS];
+	struct pollfd pfd[MAXS + 1];
 	static char bufs[VLEN][2048];
 	struct iovec iov[VLEN];
 	struct mmsghdr msgs[VLEN];
@@ -60,6 +126,8 @@ int main(int argc, char **argv)
 	}
 	printf("ready\n");
 	fflush(stdout);
+	if (secs == 0)
+		return serve(pfd, n, msgs, bufs);
 	if (poll(pfd, 1, 30000) <= 0)
 		return 1;
 	unsigned long long got = 0, acc = 0;
@@ -80,19 +148,7 @@ int main(int argc, char **argv)
 			poll(pfd, n, 10);
 	}
 	double dt = now() - t0, c = cpu() - c0;
-	unsigned long long drops = 0;
-	/* datagrams dropped for lack of buffer, summed over sockets */
-	FILE *f = fopen("/proc/net/snmp", "r");
-	char line[1024];
-	while (f && fgets(line, sizeof(line), f))
-		if (!strncmp(line, "Udp: ", 5) && strstr(line, "InDatagrams") == NULL) {
-			unsigned long long v[8] = {0};
-			sscanf(line + 5, "%llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4]);
-			drops = v[4];
-		}
-	if (f)
-		fclose(f);
 	printf("{\"deliveries\": %llu, \"seconds\": %.4f, \"cpu\": %.4f, \"rcvbuf_errors\": %llu, "
-	       "\"check\": %llu}\n", got, dt, c, drops, acc & 1);
+	       "\"check\": %llu}\n", got, dt, c, rcvbuf_errors(), acc & 1);
 	return 0;
 }
