@@ -16,7 +16,7 @@ import numpy as np
 
 import xdprx
 from xdprx import bulk
-from serve import NB, Requests, hist_json, lat_bucket, send_ns
+from serve import NB, Requests, account, hist_json
 from touch_rx import touch64
 
 
@@ -36,8 +36,7 @@ def serve(rx: xdprx.Receiver, cons: list) -> None:
             b = c.recv(timeout=0)
             n = len(b)
             if n:
-                hist[lat_bucket(time.monotonic_ns() - send_ns(b.umem, int(b.offsets[0])))] += 1
-                acc += touch64(b.umem, b.offsets, n)
+                acc += account(b, hist)
                 got[i] += n
         if req.asked > answered:
             st = rx.stats()

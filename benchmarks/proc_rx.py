@@ -18,7 +18,7 @@ import numpy as np
 
 from xdprx import consumer
 from xdprx.consumer import Subscriber
-from serve import NB, Requests, hist_json, lat_bucket, send_ns
+from serve import NB, Requests, account, hist_json
 from touch_rx import touch64
 
 GOT, CHECK, READY, CPU_US, HEAD = 0, 1, 2, 3, 8   # row: counters, then the histogram
@@ -32,11 +32,9 @@ def child(control: str, row: np.ndarray, stop: np.ndarray) -> None:
     row[READY] = 1
     while not stop[0] and not sub.daemon_gone:
         b = sub.recv(timeout=0.05)
-        n = len(b)
-        if n:
-            hist[lat_bucket(time.monotonic_ns() - send_ns(b.umem, int(b.offsets[0])))] += 1
-            acc += touch64(b.umem, b.offsets, n)
-            row[GOT] += n
+        if len(b):
+            acc += account(b, hist)
+            row[GOT] += len(b)
     row[CHECK] = acc & 1
     t = os.times()
     row[CPU_US] = int((t.user + t.system) * 1e6)

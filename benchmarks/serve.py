@@ -12,8 +12,11 @@ import json
 import math
 import sys
 import threading
+import time
 
 import numpy as np
+
+from touch_rx import touch64
 
 SUB, NB = 16, 16 * 40
 
@@ -26,6 +29,14 @@ def send_ns(umem: np.ndarray, payload_offset: int) -> int:
     """The CLOCK_MONOTONIC ns pgen wrote at payload offset 8."""
     o = payload_offset + 8
     return int(umem[o:o + 8].view(np.uint64)[0])
+
+
+def account(batch, hist: np.ndarray) -> int:
+    """One batch a consumer got: its latency into @hist (now - the send time
+    of its first packet, taken before reading), then the 64-byte read every
+    contender does. Returns touch64's sum (keep it, or the reads go away)."""
+    hist[lat_bucket(time.monotonic_ns() - send_ns(batch.umem, int(batch.offsets[0])))] += 1
+    return touch64(batch.umem, batch.offsets, len(batch))
 
 
 def hist_json(h: np.ndarray) -> dict[str, int]:

@@ -16,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "frame.h"
+
 #ifndef BPF_F_TEST_XDP_LIVE_FRAMES
 #define BPF_F_TEST_XDP_LIVE_FRAMES (1U << 1)
 #endif
@@ -27,17 +29,6 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static unsigned short csum(const void *p, int len)
-{
-	const unsigned short *w = p;
-	unsigned long s = 0;
-	for (; len > 1; len -= 2)
-		s += *w++;
-	while (s >> 16)
-		s = (s & 0xffff) + (s >> 16);
-	return ~s;
-}
-
 int main(int argc, char **argv)
 {
 	if (argc < 4) {
@@ -46,28 +37,9 @@ int main(int argc, char **argv)
 	}
 	int flen = argc > 4 ? atoi(argv[4]) : 102;
 	double secs = atof(argv[3]);
-	unsigned char pkt[1514] = {0};
-	struct ethhdr *eth = (void *)pkt;
-	struct iphdr *ip = (void *)(eth + 1);
-	struct udphdr *udp = (void *)(ip + 1);
+	unsigned char pkt[1514];
 
-	memcpy(eth->h_dest, "\x01\x00\x5e\x01\x02\x03", 6);
-	memcpy(eth->h_source, "\x02\x00\x00\x00\x00\x02", 6);
-	eth->h_proto = htons(ETH_P_IP);
-	ip->version = 4;
-	ip->ihl = 5;
-	ip->ttl = 1;
-	ip->protocol = IPPROTO_UDP;
-	ip->tot_len = htons(flen - sizeof(*eth));
-	ip->saddr = inet_addr("198.18.0.2");
-	ip->daddr = inet_addr("239.1.2.3");
-	ip->check = csum(ip, sizeof(*ip));
-	udp->source = htons(40000);
-	udp->dest = htons(5000);
-	udp->len = htons(flen - sizeof(*eth) - sizeof(*ip));
-	for (int i = sizeof(*eth) + sizeof(*ip) + sizeof(*udp); i < flen; i++)
-		pkt[i] = (unsigned char)i;
-
+	udp_frame(pkt, flen);
 	struct bpf_object *obj = bpf_object__open_file(argv[1], NULL);
 	if (!obj || bpf_object__load(obj)) {
 		perror("load generator program");

@@ -26,6 +26,8 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "frame.h"
+
 #define VLEN 64
 
 static uint64_t now_ns(void)
@@ -33,17 +35,6 @@ static uint64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
-static unsigned short csum(const void *p, int len)
-{
-	const unsigned short *w = p;
-	unsigned long s = 0;
-	for (; len > 1; len -= 2)
-		s += *w++;
-	while (s >> 16)
-		s = (s & 0xffff) + (s >> 16);
-	return ~s;
 }
 
 int main(int argc, char **argv)
@@ -56,7 +47,7 @@ int main(int argc, char **argv)
 	unsigned long long count = strtoull(argv[3], NULL, 10);
 	uint64_t max_ns = (uint64_t)(atof(argv[4]) * 1e9);
 	int flen = argc > 5 ? atoi(argv[5]) : 102;
-	int hdr = sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr);
+	int hdr = FRAME_HDR;
 	if (flen < hdr + 16 || flen > 1514) {
 		fprintf(stderr, "pgen: FRAME_LEN must be %d..1514\n", hdr + 16);
 		return 2;
@@ -82,25 +73,8 @@ int main(int argc, char **argv)
 	struct iovec iov[VLEN];
 	struct mmsghdr msgs[VLEN];
 	unsigned char *pkt = pkts[0];
-	struct ethhdr *eth = (void *)pkt;
-	struct iphdr *ip = (void *)(eth + 1);
-	struct udphdr *udp = (void *)(ip + 1);
-	memcpy(eth->h_dest, "\x01\x00\x5e\x01\x02\x03", 6);
-	memcpy(eth->h_source, "\x02\x00\x00\x00\x00\x02", 6);
-	eth->h_proto = htons(ETH_P_IP);
-	ip->version = 4;
-	ip->ihl = 5;
-	ip->ttl = 1;
-	ip->protocol = IPPROTO_UDP;
-	ip->tot_len = htons(flen - sizeof(*eth));
-	ip->saddr = inet_addr("198.18.0.2");
-	ip->daddr = inet_addr("239.1.2.3");
-	ip->check = csum(ip, sizeof(*ip));
-	udp->source = htons(40000);
-	udp->dest = htons(5000);
-	udp->len = htons(flen - sizeof(*eth) - sizeof(*ip));
-	for (int i = hdr; i < flen; i++)
-		pkt[i] = (unsigned char)i;
+
+	udp_frame(pkt, flen);
 	for (int i = 0; i < VLEN; i++) {
 		if (i)
 			memcpy(pkts[i], pkt, flen);
