@@ -28,13 +28,19 @@ class Batch:
     """Up to batch_size packets. `umem` is the frame area (read-only for
     consumers); offsets index it directly."""
 
-    __slots__ = ("_src", "_n", "umem", "timestamp_ns")
+    __slots__ = ("_src", "_n", "umem")
 
-    def __init__(self, src, n: int, ts_ns: int) -> None:
+    def __init__(self, src, n: int) -> None:
         self._src = src
         self._n = n
         self.umem: np.ndarray = src._area
-        self.timestamp_ns = ts_ns
+
+    @property
+    def timestamp_ns(self) -> int:
+        """When the batch was received (CLOCK_MONOTONIC ns; 0 when empty)."""
+        if not self._n:
+            return 0
+        return int(self.umem.view(np.uint64)[(int(self._src._frame[0]) >> 3) + F.Q_TS])
 
     # views made on demand: a Numba user touching two of them pays for two
     @property

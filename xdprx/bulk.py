@@ -25,7 +25,7 @@ import numpy as np
 
 from . import cring as CR
 from . import fanout as F
-from .atomics import fence_seq_cst, load_acquire, store_release
+from .atomics import fence_seq_cst, load_acquire, load_relaxed, store_release
 from .jit import inline, kernel, raw
 from .packet import parse_udp
 from .ring import U32, cons_peek, cons_release, prod_free, prod_submit, needs_wakeup
@@ -35,16 +35,25 @@ from .umem import (HELD, KERNEL, P_CAP, P_HELD_RING, P_RING, P_SPILLED, X_NODES,
 
 # stats slots (int64), read by Receiver.stats()
 (S_PACKETS, S_BYTES, S_REJECTED, S_VIOLATIONS, S_FILLED, S_BATCHES, S_WAKEUPS, S_RELEASED,
- S_DELIVERIES, S_CONSUMER_DROPS, S_UNDELIVERED, S_FILL_EMPTY, S_OWN_BYTES) = range(13)
+ S_DELIVERIES, S_CONSUMER_DROPS, S_UNDELIVERED, S_FILL_EMPTY, S_OWN_BYTES,
+ S_EFD_WRITES, S_SLEEPS, S_RET_STOP, S_RET_ATTN, S_RET_TICK, S_KICKS, S_HANDLER_CALLS) = range(20)
 STAT_NAMES = ("packets", "bytes", "rejected", "violations", "filled", "batches",
               "wakeups", "released", "deliveries", "consumer_drops", "undelivered",
-              "fill_empty", "own_bytes")
-N_STATS = 16
+              "fill_empty", "own_bytes",
+              # the compiled loop (loop.py): eventfd writes to consumers, sleeps in
+              # ppoll, returns to Python by reason, need_wakeup kicks, run() handler calls
+              "eventfd_writes", "sleeps", "returns_stop", "returns_attention",
+              "returns_tick", "kicks", "handler_calls")
+N_STATS = 24
 
 # consumer table: one int64 row per consumer, private to the receive thread
 (C_ACTIVE, C_RING, C_CTL, C_SIZE, C_QUOTA, C_PROD, C_PUB, C_REAPED, C_DELIVERED,
- C_DROPPED, C_BAD, C_WAKES) = range(12)
-NCOL = 12
+ C_DROPPED, C_BAD, C_WAKES, C_EFD, C_WAKE_BATCH, C_WAKE_NS, C_PEND_NS, C_WOKEN) = range(17)
+# C_EFD: the consumer's eventfd; C_WAKE_BATCH / C_WAKE_NS: wake it when this
+# many entries are queued or this long after the first one (interrupt
+# moderation); C_PEND_NS: when entries first waited for a sleeping consumer (0: none);
+# C_WOKEN: the consumer's `waiting` word (its sleep number) when we last woke it
+NCOL = 17
 # hub parameters and gauges (int64)
 H_NSLOTS, H_NACTIVE, H_RESERVE, H_NWAKE = range(4)
 N_HUB = 8
@@ -139,10 +148,42 @@ def fan_out(ctab, sub_start, sub_cons, sub, base, hub, meta):
 
 
 @inline
-def publish(ctab, hub, wake):
+def waiting_of(ctab, c):
+    """Consumer @c's `waiting` word: 0 awake, else the number of its current
+    sleep (cring.cring_arm)."""
+    return np.int64(load_relaxed(raw(ctab[c, C_CTL] + CR.CTL_WAITING, 1, np.uint32)))
+
+
+@inline
+def wake_check(ctab, c, wake, nw, now, w):
+    """Consumer @c sleeps (sleep number @w) with entries queued: wake it
+    (append it to @wake) once `wake_batch` are queued or `wake_ns` after the
+    first, whichever comes first; once per sleep. Returns the new length of
+    the wake list."""
+    if w == ctab[c, C_WOKEN] or nw >= wake.shape[0]:
+        ctab[c, C_PEND_NS] = 0      # already signalled for this sleep
+        return nw
+    queued = (ctab[c, C_PUB] - np.int64(load_relaxed(
+        raw(ctab[c, C_CTL] + CR.CTL_CONS, 1, np.uint32)))) & U32
+    if queued == 0:
+        ctab[c, C_PEND_NS] = 0
+        return nw
+    if ctab[c, C_PEND_NS] == 0:
+        ctab[c, C_PEND_NS] = now
+    if queued >= ctab[c, C_WAKE_BATCH] or now - ctab[c, C_PEND_NS] >= ctab[c, C_WAKE_NS]:
+        wake[nw] = c
+        ctab[c, C_WAKES] += 1
+        ctab[c, C_PEND_NS] = 0
+        ctab[c, C_WOKEN] = w
+        return nw + 1
+    return nw
+
+
+@inline
+def publish(ctab, hub, wake, now):
     """Make this batch's references visible, one release store per consumer,
-    then list the sleeping consumers to wake (Python writes their eventfds)."""
-    nw = 0
+    then list the sleeping consumers that are due a wake-up (loop.py writes
+    their eventfds)."""
     any_new = False
     for c in range(hub[H_NSLOTS]):
         if ctab[c, C_ACTIVE] == 0:
@@ -155,17 +196,39 @@ def publish(ctab, hub, wake):
             store_release(raw(ctab[c, C_RING] + CR.OFF_PROD, 1, np.uint32), ctab[c, C_PROD])
             ctab[c, C_PUB] = ctab[c, C_PROD]
             any_new = True
+    nw = hub[H_NWAKE]
     if any_new:
         # the prod stores above must be visible before we read `waiting`; the
-        # consumer does the mirror image (store waiting, fence, load prod)
+        # consumer does the mirror image (store waiting, fence, load prod), so
+        # one side sees the other: a consumer we do not see waiting saw our prod
         fence_seq_cst()
         for c in range(hub[H_NSLOTS]):
             if ctab[c, C_ACTIVE] != 0 and ctab[c, C_PUB] != ctab[c, C_REAPED]:
-                if raw(ctab[c, C_CTL] + CR.CTL_WAITING, 1, np.uint32)[0] != 0:
-                    wake[nw] = c
-                    nw += 1
-                    ctab[c, C_WAKES] += 1
+                w = waiting_of(ctab, c)
+                if w != 0:
+                    nw = wake_check(ctab, c, wake, nw, now, w)
     hub[H_NWAKE] = nw
+
+
+@inline
+def wake_due(ctab, hub, wake, now):
+    """Sleeping consumers whose moderation time ran out with no new packet
+    since: onto the wake list. Returns when the next one is due (ns, 1 << 62
+    when none is pending)."""
+    nxt = np.int64(1) << 62
+    nw = hub[H_NWAKE]
+    for c in range(hub[H_NSLOTS]):
+        if ctab[c, C_ACTIVE] == 0 or ctab[c, C_PEND_NS] == 0:
+            continue
+        w = waiting_of(ctab, c)
+        if w == 0:
+            ctab[c, C_PEND_NS] = 0      # it woke on its own (a timeout)
+            continue
+        nw = wake_check(ctab, c, wake, nw, now, w)
+        if ctab[c, C_PEND_NS] != 0:
+            nxt = min(nxt, ctab[c, C_PEND_NS] + ctab[c, C_WAKE_NS])
+    hub[H_NWAKE] = nw
+    return nxt
 
 
 # ---- the receive burst ---------------------------------------------------------
@@ -296,7 +359,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
             u32[w + F.W_REFCNT] = refs
     # 6. one release store for the whole batch, one per consumer ring
     cons_release(rx_cons, rx_local, n)
-    publish(ctab, hub, wake)
+    publish(ctab, hub, wake, now_ns)
     stats[S_BYTES] += nbytes
     stats[S_BATCHES] += 1
     return j

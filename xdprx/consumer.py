@@ -16,40 +16,62 @@ import errno as E
 import json
 import mmap
 import os
-import select
 import socket
 import time
 from typing import Iterable, Iterator
 
 import numpy as np
+from numba.core.dispatcher import Dispatcher
 
-from . import cring as CR
+from . import context, cring as CR, libc, loop
 from .batch import Batch
 from .control import connect, refused
 from .errors import ConfigError, XdprxError
 from .groups import Group
 from .jit import cache_lock
-from .numa import getcpu
 
 COUNT_NAMES = ("received", "gaps", "bytes", "bad")
-REPORT_EVERY = 64    # batches between two cpu/node reports (a power of two)
+HANDLER_DOC = ("handler(umem, offsets, lengths, seqs, groups, state) -> int with umem a "
+               "read-only uint8 array, offsets/seqs uint64, lengths uint32, groups int32, "
+               "state int64 (all 1-d contiguous)")
+
+
+def prepare(handler) -> Dispatcher:
+    """Compile @handler (an @numba.njit function) for the batch's real types,
+    the UMEM read-only among them, so that the first packet finds it ready."""
+    if not isinstance(handler, Dispatcher):
+        raise ConfigError(f"handler {handler!r} is not an @numba.njit function",
+                          remedy=f"decorate it with @numba.njit; signature: {HANDLER_DOC}")
+    try:
+        with cache_lock():
+            handler.compile(loop.HANDLER_SIG.args)
+    except Exception as e:  # noqa: BLE001 - numba's typing errors are many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"handler {handler.py_func.__name__} does not compile for the "
+                          f"batch's types: {first}",
+                          remedy=f"it is called as {HANDLER_DOC}; never write to umem") from None
+    return handler
 
 
 class Reader:
-    """The consumer side of one consumer ring (shared by both kinds)."""
+    """The consumer side of one consumer ring (shared by both kinds): a driver
+    around the compiled consume loop (loop.cons_*)."""
 
     def _setup(self, views: CR.RingViews, area: np.ndarray, groups: list[Group], efd: int,
-               batch_size: int, spin: int, frame_size: int) -> None:
+               batch_size: int, spin: int, frame_size: int, lifeline: int = -1) -> None:
         if views.header[0] != CR.RING_MAGIC or views.header[1] != CR.RING_VERSION:
             raise XdprxError("consumer ring has an unknown layout", E.EPROTO,
                              "use the same xdprx version as the daemon")
+        if not 1 <= batch_size <= 65536:
+            raise ConfigError(f"batch size {batch_size} out of range", remedy="use 16..4096")
+        if not 0 <= spin <= 1_000_000:
+            raise ConfigError(f"spin {spin} us out of range", remedy="use 0 (off) .. 1000000")
         self._v = views
         self._area = area
         self._mv = memoryview(area)
         self.groups = groups
         self._efd = efd
         self.spin = spin
-        self._shift = frame_size.bit_length() - 1
         self._local = np.zeros(2, np.int64)
         self._local[:] = int(views.cons[0])
         self._frame = np.zeros(batch_size, np.uint64)
@@ -58,85 +80,74 @@ class Reader:
         self._seq = np.zeros(batch_size, np.uint64)
         self._sub = np.zeros(batch_size, np.int32)
         self._next_seq = np.full(len(groups), CR.NO_SEQ, np.uint64)
-        self.counts = np.zeros(5, np.int64)
-        self._fb = views.feedback[8:24].view(np.uint64)
-        self._fb_where = views.feedback[:8].view(np.uint32)
-        self._releases = 0
-        self._report_cpu()
-        self._held = 0
-        self._poll = select.poll()
-        self._poll.register(efd, select.POLLIN)
+        self.counts = np.zeros(8, np.int64)   # COUNT_NAMES, last batch, handler calls
+        self._ctl = loop.new_ctl()
+        self._ctl[loop.K_SHIFT] = frame_size.bit_length() - 1
+        self._ctl[loop.K_BATCH] = batch_size
+        self._ctl[loop.K_SPIN_NS] = spin * 1000
+        fds = [efd, libc.POLLIN] + ([lifeline, libc.POLLIN] if lifeline >= 0 else [])
+        self._pfd = np.array(fds, np.int32)
+        self._scratch = np.zeros(4, np.int64)
+        self._cctx = context.make({
+            "prod": views.prod, "slots": views.slots, "local": self._local, "umem": area,
+            "next_seq": self._next_seq, "counts": self.counts, "out_frame": self._frame,
+            "out_off": self._off, "out_len": self._len, "out_seq": self._seq,
+            "out_sub": self._sub, "cons": views.cons, "waiting": views.waiting,
+            "feedback": views.feedback.view(np.uint64), "status": views.status,
+            "ctl": self._ctl, "fn": libc.table(), "pfd": self._pfd,
+            "scratch": self._scratch}, context.CONS_FIELDS)
         self.daemon_gone = False
 
     # ---- receive ---------------------------------------------------------------
     def _release_held(self) -> None:
-        if self._held:
-            CR.cring_release(self._v.cons, self._local, self._held)
-            self._held = 0
-            self._fb[0] = self.counts[2]   # feedback: bytes and packets read
-            self._fb[1] = self.counts[0]
-            self._releases += 1
-            if self._releases & (REPORT_EVERY - 1) == 1:   # the first, then every 64th
-                self._report_cpu()
-
-    def _report_cpu(self) -> None:
-        """Feedback for the NUMA policy: where this reader runs now (a vDSO
-        call, once every REPORT_EVERY batches, never per packet)."""
-        self._fb_where[:] = getcpu()
+        if self._ctl[loop.K_HELD]:
+            loop.cons_done(self._cctx)
 
     def recv(self, timeout: float | None = None) -> Batch:
         """The next batch; empty if @timeout (s) passes or the daemon has gone
-        (then `daemon_gone` is set, after everything queued was read)."""
-        self._release_held()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        spins = 0
-        v = self._v
-        while True:
-            n = CR.cring_read(v.prod, v.slots, self._local, self._area, self._shift,
-                              len(self._frame), self._next_seq, self.counts, self._frame,
-                              self._off, self._len, self._seq, self._sub)
-            if n:
-                self._held = n
-                j = int(self.counts[4])
-                if j:
-                    ts = int(self._area.view(np.uint64)[(int(self._frame[0]) >> 3) + 5])
-                    return Batch(self, j, ts)
-                self._release_held()
-                continue
-            if v.status[0] == CR.STATUS_CLOSED or self.daemon_gone:
-                self.daemon_gone = True
-                return Batch(self, 0, 0)
-            if spins < self.spin:
-                # peek the producer index (one load, not a kernel call, so a
-                # spin costs ~0.1 us, not a dispatch) until something shows up;
-                # cring_read does the acquire
-                spins += 1
-                prod, local = v.prod, self._local
-                while spins < self.spin and int(prod[0]) == int(local[1]) & 0xFFFFFFFF:
-                    spins += 1
-                continue
-            if timeout == 0:
-                # a non-blocking check: arming would make the receive loop
-                # signal our eventfd (a syscall) for a wait that never happens
-                return Batch(self, 0, 0)
-            if CR.cring_arm(v.waiting, v.prod, self._local):
-                continue
-            wait = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            events = self._poll.poll(int(wait * 1000))
-            v.waiting[0] = 0
-            for fd, ev in events:
-                if fd == self._efd:
-                    try:
-                        os.eventfd_read(self._efd)
-                    except BlockingIOError:
-                        pass
-                else:
-                    self._on_event(fd, ev)
-            if deadline is not None and time.monotonic() >= deadline:
-                return Batch(self, 0, 0)
+        (then `daemon_gone` is set, after everything queued was read). One
+        compiled call: it lets go of the last batch, reads, and sleeps on the
+        eventfd when there is nothing to read."""
+        j = loop.cons_recv(self._cctx, -1 if timeout is None else int(timeout * 1e9))
+        if j > 0:
+            return Batch(self, j)
+        if j < 0:
+            self.daemon_gone = True
+        return Batch(self, 0)
 
-    def _on_event(self, fd: int, ev: int) -> None:
-        pass
+    def run(self, handler, state: np.ndarray | None = None, duration: float | None = None,
+            count: int | None = None) -> str:
+        """Call @handler (njit) on every batch, in compiled code with the GIL
+        released, until it returns nonzero, stop() is called (any thread or a
+        signal handler), @duration seconds pass, @count packets were read, or
+        the daemon goes away. Returns why: "handler", "stop", "duration",
+        "count" or "gone". The handler is compiled for the read-only UMEM first."""
+        h = prepare(handler)
+        state = np.zeros(1, np.int64) if state is None else state
+        if state.dtype != np.int64 or state.ndim != 1 or not state.flags.c_contiguous:
+            raise ConfigError("state must be a 1-d contiguous int64 array",
+                              remedy="pass e.g. np.zeros(8, np.int64)")
+        end = None if duration is None else time.monotonic() + duration
+        slice_ns = 100_000_000      # back in Python this often: signals, duration
+        self._ctl[loop.K_STOP] = 0
+        while True:
+            r = loop.cons_run(self._cctx, self._area, h, state, slice_ns)
+            if r == loop.R_GONE:
+                self.daemon_gone = True
+                return "gone"
+            if r == loop.R_HANDLER:
+                return "handler"
+            if r == loop.R_STOP or self._ctl[loop.K_STOP]:
+                self._ctl[loop.K_STOP] = 0
+                return "stop"
+            if count is not None and self.counts[0] >= count:
+                return "count"
+            if end is not None and time.monotonic() >= end:
+                return "duration"
+
+    def stop(self) -> None:
+        """Make run() return (any thread, or a signal handler)."""
+        loop.signal_ctl(self._ctl, loop.K_STOP, self._efd)
 
     def __iter__(self) -> Iterator[Batch]:
         while not self.daemon_gone:
@@ -148,6 +159,7 @@ class Reader:
         """What this consumer saw: received, gaps (missed packets), bytes, plus
         the receive loop's view: delivered, dropped (for this consumer)."""
         st = {n: int(self.counts[i]) for i, n in enumerate(COUNT_NAMES)}
+        st["handler_calls"] = int(self.counts[5])
         st["delivered"], st["dropped"] = (int(x) for x in self._v.counters)
         return st
 
@@ -187,7 +199,14 @@ class Subscriber(Reader):
 
     def __init__(self, control: str, groups: Iterable[str | Group] | str | Group,
                  ring_size: int = 2048, quota: int | None = None, batch_size: int = 256,
-                 spin: int = 64, name: str = "", timeout: float = 5.0) -> None:
+                 spin: int = 0, name: str = "", timeout: float = 5.0,
+                 wake_batch: int | None = None, wake_usecs: int | None = None,
+                 handler=None) -> None:
+        """Subscribe to @groups of the daemon at @control. Ready means ready:
+        every consume kernel (and @handler, for run()) is loaded or compiled
+        before the subscription exists, so no packet waits for a compiler.
+        @wake_batch / @wake_usecs: while we sleep, wake us when that many
+        packets wait or that long after the first (the daemon's defaults when None)."""
         if isinstance(groups, (str, Group)):
             groups = [groups]
         want = [str(Group.parse(g) if isinstance(g, str) else g) for g in groups]
@@ -195,11 +214,15 @@ class Subscriber(Reader):
             raise ConfigError("no group to subscribe to", remedy="pass e.g. 239.1.2.3:5000")
         self._maps: list[mmap.mmap] = []
         self._closed = False
+        self._efd = -1
+        warm()
+        if handler is not None:
+            prepare(handler)
         self._sock = connect(control, timeout)
         efd = -1
         try:
             req = {"cmd": "subscribe", "groups": want, "ring": ring_size, "quota": quota,
-                   "name": name}
+                   "name": name, "wake_batch": wake_batch, "wake_usecs": wake_usecs}
             self._sock.sendall(json.dumps(req).encode() + b"\n")
             msg, fds, _flags, _addr = socket.recv_fds(self._sock, 65536, 4)
             try:
@@ -220,8 +243,7 @@ class Subscriber(Reader):
             self.reply = reply
             self._setup(CR.RingViews(ring, ctl, writable_ring=False),
                         np.frombuffer(umem, np.uint8), [Group.parse(g) for g in reply["groups"]],
-                        efd, batch_size, spin, reply["frame_size"])
-            self._poll.register(self._sock.fileno(), select.POLLIN | select.POLLHUP)
+                        efd, batch_size, spin, reply["frame_size"], lifeline=self._sock.fileno())
         except BaseException:
             if efd >= 0:
                 os.close(efd)
@@ -234,16 +256,13 @@ class Subscriber(Reader):
         self._maps.append(m)
         return m
 
-    def _on_event(self, fd: int, ev: int) -> None:
-        # the daemon never writes after the reply: readable means EOF
-        self.daemon_gone = True
-
     def close(self) -> None:
         """Unsubscribe (the daemon reclaims our frames) and unmap."""
         if self._closed:
             return
         self._closed = True
-        self._held = 0
+        if hasattr(self, "_ctl"):
+            self._ctl[loop.K_HELD] = 0   # the daemon reclaims them all
         self._sock.close()
         if getattr(self, "_efd", -1) >= 0:
             os.close(self._efd)
@@ -258,13 +277,13 @@ class Subscriber(Reader):
 
 
 def warm() -> None:
-    """Compile the consumer kernels for read-only rings (cache_lock held)."""
-    ro = lambda a: (a.setflags(write=False), a)[1]  # noqa: E731
-    local = np.zeros(2, np.int64)
-    with cache_lock():
-        CR.cring_read(ro(np.zeros(1, np.uint32)), ro(np.zeros(4, np.uint64)), local,
-                      ro(np.zeros(4096, np.uint8)), 11, 4, np.zeros(1, np.uint64),
-                      np.zeros(5, np.int64), np.zeros(4, np.uint64), np.zeros(4, np.uint64),
-                      np.zeros(4, np.uint32), np.zeros(4, np.uint64), np.zeros(4, np.int32))
-        CR.cring_release(np.zeros(1, np.uint32), local, 0)
-        CR.cring_arm(np.zeros(1, np.uint32), ro(np.zeros(1, np.uint32)), local)
+    """Load (or compile) the consume kernels with their real types (the
+    UMEM and ring read-only) under the cache lock: once per process."""
+    global _warm
+    if not _warm:
+        with cache_lock():
+            loop.warm_consumer()
+        _warm = True
+
+
+_warm = False

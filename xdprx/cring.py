@@ -11,7 +11,8 @@ Each consumer owns two small memfds, split by who may write them:
         4096  slots u64[size] frame base addresses (the descriptor is at the base)
     CTL (the consumer writes; the receive loop only reads, and validates)
         0     cons u32        release cursor: every slot before it is let go
-        64    waiting u32     1 while the consumer sleeps on its eventfd
+        64    waiting u32     0 awake; else the number of the sleep on its eventfd
+        68    sleeps u32      the consumer's sleep counter (waiting's next value)
         128   cpu u32, node u32, bytes u64, packets u64   feedback (NUMA policy)
 
 The ring memfd is sealed against new writable mappings (F_SEAL_FUTURE_WRITE)
@@ -33,14 +34,14 @@ import os
 import numpy as np
 
 from . import fanout as F
-from .atomics import fence_seq_cst, load_acquire, store_release
-from .jit import kernel
-from .ring import U32, cons_peek
+from .atomics import fence_seq_cst, load_acquire, store_relaxed, store_release
+from .jit import inline, kernel
+from .ring import U32, cons_peek, cons_release
 
 RING_MAGIC = 0x52435258  # 'XRCR'
 RING_VERSION = 1
 OFF_PROD, OFF_COUNTERS, OFF_STATUS, OFF_SLOTS = 64, 128, 192, 4096
-CTL_CONS, CTL_WAITING, CTL_FEEDBACK = 0, 64, 128
+CTL_CONS, CTL_WAITING, CTL_SLEEPS, CTL_FEEDBACK = 0, 64, 68, 128
 CTL_SIZE = 4096
 STATUS_CLOSED = 1
 
@@ -87,7 +88,7 @@ class RingViews:
         self.status = r[OFF_STATUS:OFF_STATUS + 4].view(np.uint32)
         self.slots = r[OFF_SLOTS:OFF_SLOTS + self.size * 8].view(np.uint64)
         self.cons = c[CTL_CONS:CTL_CONS + 4].view(np.uint32)
-        self.waiting = c[CTL_WAITING:CTL_WAITING + 4].view(np.uint32)
+        self.waiting = c[CTL_WAITING:CTL_SLEEPS + 4].view(np.uint32)   # [waiting, sleeps]
         self.feedback = c[CTL_FEEDBACK:CTL_FEEDBACK + 24]
         self.ring_addr = r.ctypes.data
         self.ctl_addr = c.ctypes.data
@@ -146,9 +147,9 @@ class ConsumerRing:
                 setattr(self, name, -1)
 
 
-# ---- the consumer's read kernel ----------------------------------------------
-@kernel
-def cring_read(prod, slots, local, umem, shift, max_n, next_seq, counts,
+# ---- the consumer's read kernels --------------------------------------------
+@inline
+def read_batch(prod, slots, local, umem, shift, max_n, next_seq, counts,
                out_frame, out_off, out_len, out_seq, out_sub):
     """Read up to @max_n frame references from the ring into out_*, without
     releasing them. counts: [received, gaps, bytes, bad, last batch]; a gap is
@@ -197,23 +198,42 @@ def cring_read(prod, slots, local, umem, shift, max_n, next_seq, counts,
 
 
 @kernel
-def cring_release(cons, local, n):
-    """Let go of the next @n entries; release: our reads of the frames are done
-    before the receive loop may reuse them."""
-    local[1] = (local[1] + n) & U32
-    store_release(cons, local[1])
+def cring_read(prod, slots, local, umem, shift, max_n, next_seq, counts,
+               out_frame, out_off, out_len, out_seq, out_sub):
+    """read_batch as a kernel of its own (the stress test's consumer)."""
+    return read_batch(prod, slots, local, umem, shift, max_n, next_seq, counts,
+                      out_frame, out_off, out_len, out_seq, out_sub)
 
 
 @kernel
-def cring_arm(waiting, prod, local):
-    """Before sleeping: announce it, then look once more. The fence orders our
+def cring_release(cons, local, n):
+    """Let go of the next @n entries (ring.cons_release)."""
+    cons_release(cons, local, n)
+
+
+@inline
+def arm(waiting, prod, local):
+    """Before sleeping: announce it (waiting[0] = this sleep's number, from
+    the counter in waiting[1]), then look once more. The fence orders our
     `waiting` store before the prod load; the receive loop does the mirror
     image (prod store, fence, waiting load), so one of the two sides sees the
-    other and no wake-up is lost. Returns entries available (0: go to sleep)."""
-    waiting[0] = 1
+    other and no wake-up is lost. Both `waiting` accesses are atomic (relaxed)
+    so that the fences order them in the memory model, not by accident.
+    Returns entries available (0: go to sleep)."""
+    k = waiting[1] + np.uint32(1)
+    if k == 0:
+        k = np.uint32(1)
+    waiting[1] = k
+    store_relaxed(waiting, k)
     fence_seq_cst()
     local[0] = load_acquire(prod)
     avail = (local[0] - local[1]) & U32
     if avail:
-        waiting[0] = 0
+        store_relaxed(waiting, 0)
     return avail
+
+
+@kernel
+def cring_arm(waiting, prod, local):
+    """arm() as a kernel of its own (tests)."""
+    return arm(waiting, prod, local)

@@ -1,9 +1,16 @@
-"""`xdprx run`: the receive loop as a daemon on one interface queue."""
+"""`xdprx run`: the receive loop as a daemon on one interface queue.
+
+The compiled receive loop (loop.rx_loop) runs on its own thread ("xdprx-rx",
+GIL released, nice -10 so consumers sharing its CPU cannot starve it); the
+control socket has a thread of its own; the main thread handles signals and
+prints the live line. Signals stop the loop through its control word and
+attention eventfd, from the handler itself."""
 from __future__ import annotations
 
 import json
 import signal
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -16,12 +23,14 @@ def format_line(st: dict, prev: dict | None, dt: float) -> str:
     r = st["receiver"]
     pps = (r["packets"] - prev["receiver"]["packets"]) / dt if prev else 0.0
     mbps = (r["bytes"] - prev["receiver"]["bytes"]) * 8 / dt / 1e6 if prev else 0.0
+    wps = (r["eventfd_writes"] - prev["receiver"]["eventfd_writes"]) / dt if prev else 0.0
     f = st["frames"]
     return (f"rx {r['packets']:>12,d} pkts {pps:>12,.0f} pps {mbps:>9.1f} Mb/s | "
             f"drops {st['drops']:,d} | passed to kernel {st['xdp']['passed']:,d} | "
             f"frames free {f['free']} fill {f['fill']} kernel {f['kernel']} held {f['held']} "
             f"of {f['total']}/{f['cap']} ({f['resident_bytes'] >> 20} MiB)"
-            + (f" | consumers {len(st['consumers'])}" if st.get("consumers") else "")
+            + (f" | consumers {len(st['consumers'])}, wake-ups {wps:,.0f}/s" if st.get("consumers")
+               else "")
             + (f" | numa node {st['numa']['refill_node']}" if "refill_node" in st.get("numa", {})
                else ""))
 
@@ -47,15 +56,18 @@ def format_consumer(c: dict) -> str:
     who = f"pid {c['pid']} uid {c['uid']}" if "pid" in c else "in-process"
     return (f"  consumer {c['id']:>3} ({who}{', ' + c['name'] if c.get('name') else ''}) "
             f"{','.join(c['groups'])}: delivered {c['delivered']:,d} dropped {c['dropped']:,d} "
-            f"held {c['held']}/{c['quota']}"
+            f"held {c['held']}/{c['quota']} wake-ups {c['wakeups']:,d} "
+            f"(every {c['wake_batch']} pkts or {c['wake_usecs']} us)"
             + (f" cpu {c['cpu']} node {c['node']}" if c.get("cpu", -1) >= 0 else ""))
 
 
 class Daemon:
     def __init__(self, rx: Receiver, control: str | None, out: TextIO = sys.stdout,
                  interval: float = 1.0, json_lines: bool = False,
-                 allow_uids: set[int] | None = None, allow_gids: set[int] | None = None) -> None:
+                 allow_uids: set[int] | None = None, allow_gids: set[int] | None = None,
+                 nice: int | None = -10) -> None:
         self.rx = rx
+        self.nice = nice
         self.out = out
         self.interval = interval
         self.json_lines = json_lines
@@ -74,11 +86,13 @@ class Daemon:
 
     def _subscribe(self, req: dict, peer: Peer) -> Reply:
         """A consumer in another process: its ring, and the UMEM read-only."""
-        ring = int(req.get("ring") or 2048)
-        quota = req.get("quota")
+        ring = _int(req, "ring", 2048)
+        quota = _int(req, "quota", None)
         name = str(req.get("name") or "")[:64]
-        e = self.rx.add_consumer(req.get("groups"), ring, None if quota is None else int(quota),
-                                 info={"pid": peer.pid, "uid": peer.uid, "name": name})
+        e = self.rx.add_consumer(req.get("groups"), ring, quota,
+                                 info={"pid": peer.pid, "uid": peer.uid, "name": name},
+                                 wake_batch=_int(req, "wake_batch", None),
+                                 wake_usecs=_int(req, "wake_usecs", None))
         cid = e.ring.id
         try:
             fds = [reopen_readonly(self.rx.umem.memfd)] + e.ring.reader_fds()
@@ -107,19 +121,38 @@ class Daemon:
 
     def stop(self, *_sig) -> None:
         self.stopping = True
+        self.rx.stop()
 
     def serve(self, duration: float | None = None) -> dict:
         """Receive until SIGINT/SIGTERM (or @duration s); returns final stats."""
         t0 = last = time.monotonic()
         prev = None
+        failed: list[BaseException] = []
+
+        def receive() -> None:
+            try:
+                self.rx.serve(nice=self.nice)
+            except BaseException as e:   # noqa: BLE001 - reported by the main thread
+                failed.append(e)
+            finally:
+                self.stopping = True
+
+        rx_thread = threading.Thread(target=receive, name="xdprx-rx", daemon=True)
         try:
             print(f"xdprx: receiving on {self.rx.describe()}", file=self.out, flush=True)
             if self.control:
                 print(f"xdprx: control socket {self.control.path}", file=self.out, flush=True)
+            rx_thread.start()
             while not self.stopping:
-                self.rx.pump(timeout=0.2)
                 now = time.monotonic()
-                if now - last >= self.interval:
+                wait = last + self.interval - now
+                if duration is not None:
+                    wait = min(wait, t0 + duration - now)
+                rx_thread.join(timeout=max(wait, 0.0))   # signals interrupt it
+                now = time.monotonic()
+                if duration is not None and now - t0 >= duration:
+                    break
+                if now - last >= self.interval and not self.stopping:
                     st = self.rx.stats()
                     if self.json_lines:
                         print(json.dumps(st), file=self.out, flush=True)
@@ -127,11 +160,24 @@ class Daemon:
                         print(format_line(st, prev, now - last), file=self.out, flush=True)
                     self._log_switches(st)
                     prev, last = st, now
-                if duration is not None and now - t0 >= duration:
-                    break
         finally:
+            self.rx.stop()
+            rx_thread.join(timeout=30)
             for s, h in self._old.items():
                 signal.signal(s, h)
             if self.control:
                 self.control.close()
+        if failed:
+            raise failed[0]
         return self.rx.stats()
+
+
+def _int(req: dict, key: str, default):
+    """An integer field of a control request (None/absent: @default)."""
+    v = req.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int):
+        from .errors import ConfigError
+        raise ConfigError(f"{key} must be an integer, not {type(v).__name__}")
+    return v

@@ -22,6 +22,11 @@ from .errors import ConfigError, XdprxError
 from .ring import U32
 
 MAX_CONSUMERS = 1024
+# wake-up moderation defaults (benchmarks/RESULTS.md, "wake-up coalescing"):
+# a sleeping consumer is woken when this many packets wait for it, or this
+# long after the first one, whichever comes first
+WAKE_BATCH = 64
+WAKE_USECS = 50
 
 
 @dataclass
@@ -52,7 +57,8 @@ class Hub:
 
     # ---- changes (under the Receiver's lock) ------------------------------------
     def add(self, subs: list[int], ring_size: int, quota: int | None, frame_size: int,
-            info: dict | None = None) -> Entry:
+            info: dict | None = None, wake_batch: int | None = None,
+            wake_usecs: int | None = None) -> Entry:
         check_ring(ring_size)
         room = int(self.cap - self.hub[B.H_RESERVE])
         quota = min(ring_size, room) if quota is None else quota
@@ -60,6 +66,15 @@ class Hub:
             raise ConfigError(f"quota {quota} out of range",
                               remedy=f"use 1..{min(ring_size, room)} (ring size and the "
                                      f"pool's {room} frames not kept for the FILL ring)")
+        # a wake-up batch the quota cannot reach would leave only the timer
+        wake_batch = min(WAKE_BATCH, max(1, quota // 2)) if wake_batch is None else wake_batch
+        wake_usecs = WAKE_USECS if wake_usecs is None else wake_usecs
+        if not 1 <= wake_batch <= quota:
+            raise ConfigError(f"wake_batch {wake_batch} out of range",
+                              remedy=f"use 1..{quota} (the consumer's quota)")
+        if not 0 <= wake_usecs <= 1_000_000:
+            raise ConfigError(f"wake_usecs {wake_usecs} out of range",
+                              remedy="use 0 (wake at once) .. 1000000")
         if not subs or any(not 0 <= s < self.nsubs for s in subs):
             raise ConfigError("a consumer needs at least one of the receiver's groups")
         free = np.flatnonzero(self.ctab[:, B.C_ACTIVE] == 0)
@@ -74,6 +89,9 @@ class Hub:
         row[B.C_CTL] = ring.views.ctl_addr
         row[B.C_SIZE] = ring_size
         row[B.C_QUOTA] = quota
+        row[B.C_EFD] = ring.efd
+        row[B.C_WAKE_BATCH] = wake_batch
+        row[B.C_WAKE_NS] = wake_usecs * 1000
         row[B.C_ACTIVE] = 1
         e = Entry(ring, sorted(set(subs)), info or {})
         self.entries[c] = e
@@ -106,13 +124,6 @@ class Hub:
         self.sub_start, self.sub_cons = start, cons
         self.generation += 1
 
-    def wake_sleepers(self) -> None:
-        """eventfd writes for the consumers the last burst found asleep."""
-        for c in self.wake[: int(self.hub[B.H_NWAKE])]:
-            e = self.entries.get(int(c))
-            if e is not None:
-                e.ring.wake()
-
     # ---- observability ---------------------------------------------------------
     def consumer_stats(self, groups: list) -> list[dict]:
         out = []
@@ -126,6 +137,7 @@ class Hub:
                 delivered=int(r[B.C_DELIVERED]), dropped=int(r[B.C_DROPPED]),
                 held=int((r[B.C_PROD] - r[B.C_REAPED]) & U32), quota=int(r[B.C_QUOTA]),
                 ring=int(r[B.C_SIZE]), bad_cursor=int(r[B.C_BAD]), wakeups=int(r[B.C_WAKES]),
+                wake_batch=int(r[B.C_WAKE_BATCH]), wake_usecs=int(r[B.C_WAKE_NS]) // 1000,
                 cpu=cpu, node=node, read_bytes=nbytes, read_packets=npk, **e.info))
         return out
 

@@ -13,20 +13,27 @@ batch: copy what must outlive it.
 Fan-out: rx.subscribe(groups) adds a consumer (xdprx.consumer) that gets a
 reference to every frame of its groups through its own ring; the daemon
 does the same for other processes. pump() receives for the consumers only.
+
+Compiled mode (loop.py): rx.serve() runs the whole receive loop in nopython
+code with the GIL released until stop(); rx.run(handler) does the same and
+calls your njit handler on every batch. While a loop runs, changes to the
+consumer table (subscribe, unsubscribe, stats) are handed to the loop's
+thread: the loop returns to Python, applies them, and goes on.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno as E
 import logging
-import select
+import os
 import threading
 import time
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from . import bulk, context, fanout, native
+from . import bulk, context, fanout, libc, loop, native
 from .batch import Batch
 from .bpfprog import XdpProgram
 from .consumer import Consumer
@@ -49,7 +56,7 @@ class Receiver:
     def __init__(self, ifname: str, groups: Iterable[str | Group], queue: int = 0,
                  mode: str = "auto", frames: int = 4096, frame_size: int = 2048,
                  headroom: int = 0, batch_size: int = 256, rx_size: int = 4096,
-                 copy: str = "auto", join: bool = True, spin: int = 64,
+                 copy: str = "auto", join: bool = True, spin: int = 0,
                  refill_min: int = 16, reserve: int | None = None,
                  max_frames: int | None = None, hugepages: str = "auto",
                  cache: int | None = None, chunk: int | None = None,
@@ -69,6 +76,8 @@ class Receiver:
         self.ifindex = native.require_ifindex(ifname)
         self.queue = queue
         self.batch_size = batch_size
+        if not 0 <= spin <= 1_000_000:
+            raise ConfigError(f"spin {spin} us out of range", remedy="use 0 (off) .. 1000000")
         self.spin = spin
         if not 1 <= refill_min <= min(frames, 4096):
             raise ConfigError(f"refill batch {refill_min} out of range",
@@ -77,8 +86,6 @@ class Receiver:
         self.trim_after = trim_after
         self._next_maint = 0.0
         self._last_growth = (0, 0, time.monotonic())   # (grows, spilled, when)
-        self._held = 0
-        self._batches = 0
         self._closed = False
         self._stack = contextlib.ExitStack()
         # checks the reserve: before anything is attached
@@ -89,7 +96,7 @@ class Receiver:
         if not 1 <= numa_every <= 1 << 20:
             raise ConfigError(f"numa_every {numa_every} out of range", remedy="use e.g. 64")
         self.numa_every = numa_every
-        context.warm()
+        warm()
         try:
             self.prog = XdpProgram()
             self._stack.callback(self.prog.close)
@@ -126,16 +133,30 @@ class Receiver:
         self.counters = np.zeros(bulk.N_STATS, np.int64)
         self._area = self.umem.area
         self._mv = memoryview(self.umem.area)
-        self._poll = select.poll()
-        self._poll.register(self.xsk.fd, select.POLLIN)
-        # held around every kernel call and consumer-table change: consumers may
-        # come and go from other threads (the control socket) while we receive
+        self._area_ro = self.umem.area.view()
+        self._area_ro.setflags(write=False)    # what a handler sees
+        # the compiled loop's control words and ppoll set: the socket, and an
+        # eventfd other threads write to get the loop's attention
+        self._ctl = loop.new_ctl()
+        self._ctl[loop.K_REFILL_MIN] = refill_min
+        self._ctl[loop.K_SPIN_NS] = spin * 1000
+        self._attn = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._stack.callback(os.close, self._attn)
+        self._pfd = np.array([self.xsk.fd, libc.POLLIN, self._attn, libc.POLLIN], np.int32)
+        self._scratch = np.zeros(4, np.int64)
+        # held around every kernel call and consumer-table change; while a
+        # compiled loop runs, other threads hand their changes to it (_on_loop)
         self._lock = threading.Lock()
-        self.hub.reclaim = lambda c: int(context.reclaim_ctx(self._ctx, c))
+        self._ops_lock = threading.Lock()
+        self._ops: list = []
+        self._serving: int | None = None       # the thread running serve()/run()
+        self._served = threading.Event()
+        self._served.set()
+        self.hub.reclaim = lambda c: int(loop.rx_reclaim(self._ctx, c))
         self._gen = self.hub.generation
         self._ctx = self._make_context()
-        self._fill_flags = self.umem.fill.flags
-        context.rx_burst_ctx(self._ctx, 0, 1, 0)  # prime the FILL ring before traffic
+        self._ticks_reset()
+        loop.rx_recv(self._ctx, 0)  # prime the FILL ring before traffic
 
     def _make_context(self) -> np.ndarray:
         u, r, f, p = self.umem, self.xsk.rx, self.umem.fill, self.umem.pool
@@ -149,33 +170,43 @@ class Receiver:
             "out_frame": self._frame, "out_off": self._off, "out_len": self._len,
             "out_seq": self._seq, "out_sub": self._sub, "stats": self.counters,
             "ctab": self.hub.ctab, "sub_start": self.hub.sub_start,
-            "sub_cons": self.hub.sub_cons, "wake": self.hub.wake, "hub": self.hub.hub})
+            "sub_cons": self.hub.sub_cons, "wake": self.hub.wake, "hub": self.hub.hub,
+            "ctl": self._ctl, "fn": libc.table(), "pfd": self._pfd, "scratch": self._scratch})
 
     # ---- consumers ----------------------------------------------------------
     def subscribe(self, groups: Iterable[str | Group] | str | Group | None = None,
                   ring_size: int = 2048, quota: int | None = None, batch_size: int = 256,
-                  spin: int = 64) -> Consumer:
-        """An in-process consumer of @groups (default: all of this receiver's)."""
-        return Consumer(self, self.add_consumer(groups, ring_size, quota), batch_size, spin)
+                  spin: int = 0, wake_batch: int | None = None,
+                  wake_usecs: int | None = None) -> Consumer:
+        """An in-process consumer of @groups (default: all of this receiver's).
+        While it sleeps it is woken when @wake_batch packets wait for it or
+        @wake_usecs after the first, whichever comes first."""
+        return Consumer(self, self.add_consumer(groups, ring_size, quota, wake_batch=wake_batch,
+                                                wake_usecs=wake_usecs), batch_size, spin)
 
     def add_consumer(self, groups, ring_size: int = 2048, quota: int | None = None,
-                     info: dict | None = None):
+                     info: dict | None = None, wake_batch: int | None = None,
+                     wake_usecs: int | None = None):
         """Register a consumer ring (the daemon's control socket uses this)."""
         subs = self.subscription_ids(groups)
-        with self._lock:
+
+        def add():
             self._check_open()
-            e = self.hub.add(subs, ring_size, quota, self.umem.frame_size, info)
+            e = self.hub.add(subs, ring_size, quota, self.umem.frame_size, info,
+                             wake_batch, wake_usecs)
             self._refresh_context()
-        return e
+            return e
+        return self._on_loop(add)
 
     def unsubscribe(self, cid: int) -> int:
         """Remove consumer @cid; every frame it held is released. Returns how many."""
-        with self._lock:
+        def remove():
             if self._closed:
                 return 0
             n = self.hub.remove(cid)
             self._refresh_context()
-        return n
+            return n
+        return self._on_loop(remove)
 
     def subscription_ids(self, groups) -> list[int]:
         if groups is None:
@@ -199,27 +230,48 @@ class Receiver:
         if self._closed:
             raise XdprxError("receiver is closed", E.EBADF, "create a new Receiver")
 
-    # ---- receive ------------------------------------------------------------
-    def _release_held(self) -> None:
-        if self._held:
-            with self._lock:
-                context.release_ctx(self._ctx, self._held)
-            self._held = 0
-
-    def _burst(self, now: int, self_ref: int) -> int:
-        """One receive kernel call (reap, refill, receive, fan-out, publish)."""
+    # ---- the compiled loop's thread and the work handed to it ------------------
+    def _on_loop(self, fn):
+        """Run @fn (a consumer-table change, a stats snapshot) with the receive
+        state quiet: under the lock, or, while a compiled loop runs on another
+        thread, on that thread between two of its calls."""
+        me = threading.get_ident()
+        if self._serving is not None and self._serving != me:
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            with self._ops_lock:
+                queued = self._serving is not None
+                if queued:
+                    self._ops.append((fn, fut))
+            if queued:
+                loop.signal_ctl(self._ctl, loop.K_ATTN, self._attn)
+                return fut.result(timeout=30)
         with self._lock:
-            self._check_open()
-            n = context.rx_burst_ctx(self._ctx, now, self.refill_min, self_ref)
-            if self.hub.hub[bulk.H_NWAKE]:
-                self.hub.wake_sleepers()
-            if self.trim_after is not None and time.monotonic() >= self._next_maint:
-                self._maintain()
-            if self.counters[bulk.S_BATCHES] >= self._numa_next:
-                self._numa_tick()
-        if self._fill_flags[0] & native.XDP_RING_NEED_WAKEUP:
-            self._poll.poll(0)  # the driver asked to be kicked to use the new FILL entries
-        return n
+            return fn()
+
+    def _run_ops(self) -> None:
+        """The handed-over work (the loop's thread, under the lock)."""
+        with self._ops_lock:
+            self._ctl[loop.K_ATTN] = 0
+            ops, self._ops = self._ops, []
+        for fn, fut in ops:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:   # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+
+    def _ticks_reset(self) -> None:
+        """When the loop must come back for maintenance (every 100 ms) and NUMA."""
+        self._ctl[loop.K_DEADLINE] = time.monotonic_ns() + 100_000_000
+        self._ctl[loop.K_NUMA_NEXT] = self._numa_next
+        self._ctl[loop.K_DUE] = 0
+
+    def _ticks(self) -> None:
+        """Maintenance and the NUMA policy, when due (under the lock)."""
+        if self.trim_after is not None and time.monotonic() >= self._next_maint:
+            self._maintain()
+        if self.counters[bulk.S_BATCHES] >= self._numa_next:
+            self._numa_tick()
+        self._ticks_reset()
 
     def _maintain(self) -> None:
         """Every 100 ms: after `trim_after` seconds without growth or copies
@@ -233,49 +285,116 @@ class Receiver:
         elif now - self._last_growth[2] >= self.trim_after and self.umem.pool.trimmable():
             self.umem.trim()
 
-    def _wait(self, self_ref: int, timeout: float | None) -> tuple[int, int]:
-        """Burst until something arrives; spin a little, then block in poll():
-        a busy receiver that never sleeps can starve the kernel's own receive
-        work on the same CPU. Returns (count, time)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        spins = 0
+    # ---- receive: compiled loops ---------------------------------------------
+    def serve(self, duration: float | None = None, handler=None,
+              state: np.ndarray | None = None, nice: int | None = None) -> str:
+        """Run the compiled receive loop on this thread until stop() (from any
+        thread or a signal handler), @duration seconds, or @handler returning
+        nonzero. Without @handler it serves the consumers only; with one, the
+        loop also takes a reference to every packet and calls
+        handler(umem, offsets, lengths, seqs, groups, state) per batch (see
+        loop.py; compiled for its real types before the first packet).
+        @nice: this thread's nice value (e.g. -10, so that consumers sharing
+        its CPU never starve the receive loop). Returns why it stopped."""
+        from .consumer import prepare
+        h = loop.no_handler if handler is None else prepare(handler)
+        state = np.zeros(1, np.int64) if state is None else state
+        if state.dtype != np.int64 or state.ndim != 1 or not state.flags.c_contiguous:
+            raise ConfigError("state must be a 1-d contiguous int64 array",
+                              remedy="pass e.g. np.zeros(8, np.int64)")
+        if nice is not None:
+            _set_nice(nice)
+        end = None if duration is None else time.monotonic_ns() + int(duration * 1e9)
+        with self._ops_lock:
+            if self._serving is not None:
+                raise XdprxError("a receive loop already runs", E.EBUSY,
+                                 "one serve()/run() per Receiver")
+            self._serving = threading.get_ident()
+            self._served.clear()
+        why = "stop"
+        try:
+            self._release_held()
+            while True:
+                with self._lock:
+                    self._check_open()
+                    self._run_ops()
+                    if self._ctl[loop.K_STOP]:
+                        break
+                    self._ctl[loop.K_SELF_REF] = handler is not None
+                    if end is not None:
+                        self._ctl[loop.K_DEADLINE] = min(int(self._ctl[loop.K_DEADLINE]), end)
+                    r = loop.rx_loop(self._ctx, self._area_ro, h, state)
+                    if r == loop.R_TICK:
+                        self._ticks()
+                if r == loop.R_HANDLER:
+                    why = "handler"
+                    break
+                if end is not None and time.monotonic_ns() >= end:
+                    why = "duration"
+                    break
+        finally:
+            with self._ops_lock:
+                self._serving = None
+                self._ctl[loop.K_STOP] = 0
+            with self._lock:
+                self._run_ops()
+            self._served.set()
+        return why
+
+    def run(self, handler, state: np.ndarray | None = None, duration: float | None = None,
+            nice: int | None = None) -> str:
+        """serve() with @handler: every packet goes through your njit code."""
+        return self.serve(duration, handler, state, nice)
+
+    def start(self, nice: int | None = None) -> threading.Thread:
+        """serve() on a thread of its own ("xdprx-rx"); stop() or close() ends it."""
+        t = threading.Thread(target=self.serve, kwargs={"nice": nice}, name="xdprx-rx",
+                             daemon=True)
+        t.start()
+        while self._serving is None and t.is_alive():
+            time.sleep(0.001)
+        return t
+
+    def stop(self) -> None:
+        """Make the running (or the next) serve()/run() return; safe from any
+        thread and from a signal handler."""
+        if not self._closed:
+            loop.signal_ctl(self._ctl, loop.K_STOP, self._attn)
+
+    # ---- receive: one batch per call ---------------------------------------------
+    def _release_held(self) -> None:
+        if self._ctl[loop.K_HELD]:
+            with self._lock:
+                loop.rx_release(self._ctx)
+
+    def _recv(self, self_ref: int, timeout: float | None) -> int:
+        end = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        tns = -1 if timeout is None else int(timeout * 1e9)
         while True:
-            now = time.monotonic_ns()
-            n = self._burst(now, self_ref)
-            if n or (not self_ref and self.counters[bulk.S_BATCHES] != self._batches):
-                return n, now
-            if spins < self.spin:
-                # peek the RX producer index (one load, not a burst) until a
-                # packet shows up: the burst does the acquire
-                spins += 1
-                prod, local = self.xsk.rx.prod, self.xsk.rx.local
-                while spins < self.spin and int(prod[0]) == int(local[1]):
-                    spins += 1
-                continue
-            wait_ms = -1 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
-            if deadline is not None and wait_ms == 0 and spins > self.spin:
-                return 0, now
-            self._poll.poll(wait_ms if wait_ms >= 0 else 1000)
-            spins += 1
+            with self._lock:
+                self._check_open()
+                if self._serving is not None:
+                    raise XdprxError("serve()/run() is receiving on this Receiver", E.EBUSY,
+                                     "read through a consumer (subscribe()) instead")
+                self._ctl[loop.K_SELF_REF] = self_ref
+                n = loop.rx_recv(self._ctx, tns)
+                if self._ctl[loop.K_DUE]:
+                    self._ticks()
+            if n != -2:
+                return max(n, 0)
+            if end is not None:   # a tick came first: go on with what is left
+                tns = max(0, end - time.monotonic_ns())
 
     def recv(self, timeout: float | None = None) -> Batch:
         """The next batch; empty if @timeout (seconds) passes first. Consumers
-        get their references in the same call."""
-        self._check_open()
-        self._release_held()
-        n, now = self._wait(1, timeout)
-        self._held = n
-        return Batch(self, n, now)
+        get their references in the same call (one compiled call in all)."""
+        return Batch(self, self._recv(1, timeout))
 
     def pump(self, timeout: float | None = None) -> int:
         """Receive for the consumers only (the application takes no reference):
         one batch, or nothing within @timeout. Returns the packets received."""
-        self._check_open()
         self._release_held()
-        self._batches = self.counters[bulk.S_BATCHES]
-        before = int(self.counters[bulk.S_PACKETS])
-        self._wait(0, timeout)
-        return int(self.counters[bulk.S_PACKETS]) - before
+        return self._recv(0, timeout)
 
     def __iter__(self) -> Iterator[Batch]:
         while not self._closed:
@@ -338,16 +457,15 @@ class Receiver:
         return {name: int(self.counters[i]) for i, name in enumerate(bulk.STAT_NAMES)}
 
     def stats(self) -> dict:
-        c = self._counters()
         xs = self.xsk.statistics()
-        with self._lock:
-            consumers = self.hub.consumer_stats(self.groups)
-            frames = self._frames()
+        consumers, frames, numa, c = self._on_loop(
+            lambda: (self.hub.consumer_stats(self.groups), self._frames(), self.numa_stats(),
+                     self._counters()))
         return {"interface": self.ifname, "queue": self.queue, "mode": self.mode,
                 "zerocopy": self.zerocopy, "groups": [str(g) for g in self.groups],
                 "receiver": c, "xdp": self.prog.counters(), "xsk": xs,
                 "drops": xs["rx_dropped"] + xs["rx_ring_full"],
-                "frames": frames, "consumers": consumers, "numa": self.numa_stats()}
+                "frames": frames, "consumers": consumers, "numa": numa}
 
     def _frames(self) -> dict:
         u = self.umem
@@ -379,6 +497,9 @@ class Receiver:
         """Detach, leave the groups, return every frame, free the UMEM."""
         if self._closed:
             return
+        if self._serving is not None and self._serving != threading.get_ident():
+            self.stop()
+            self._served.wait(timeout=30)
         self._release_held()
         with self._lock:
             self.hub.close()   # consumers are told; their frames come back
@@ -389,7 +510,7 @@ class Receiver:
         except XdprxError:
             self._final_drops = -1
         self._closed = True
-        self._area = self._mv = None   # our views: else the mapping outlives close()
+        self._area = self._mv = self._area_ro = None   # else the mapping outlives close()
         self._stack.close()
 
     def __enter__(self) -> "Receiver":
@@ -401,3 +522,23 @@ class Receiver:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _set_nice(nice: int) -> None:
+    """This thread's nice value (Linux: per thread); refused without CAP_SYS_NICE."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as e:
+        log.warning("xdprx: cannot set the receive thread's nice value to %d (%s); "
+                    "consumers on its CPU may slow it down", nice, e.strerror)
+
+
+def warm() -> None:
+    """Load (or compile) every kernel a Receiver uses, with its real types,
+    under the cache lock (jit.py): nothing compiles once traffic flows."""
+    from . import consumer, sender
+    from .jit import cache_lock
+    with cache_lock():
+        loop.warm_rx()
+        sender.warm()
+    consumer.warm()

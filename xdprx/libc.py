@@ -1,0 +1,145 @@
+"""libc from compiled code: the syscalls the receive and consume loops make
+without returning to Python (poll, eventfd read/write, the need_wakeup kick,
+the clock, getcpu).
+
+Numba cannot cache a kernel that calls a ctypes function directly (the
+function's address is a per-process constant baked into the machine code), so
+the loops call through addresses handed in at run time: `table()` is a
+uint64 array of libc entry points, made once per process and registered in
+the loop's context; `ccallN(addr, ...)` is a Numba intrinsic that calls the
+C function at @addr with N integer or pointer arguments (x86-64 / aarch64
+pass both in integer registers) and returns its int result sign-extended.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from . import native
+from .jit import inline
+
+# slots of table(): one C function each
+(FN_CLOCK, FN_PPOLL, FN_READ, FN_WRITE, FN_RECVFROM, FN_GETCPU) = range(6)
+N_FN = 8
+_NAMES = ("clock_gettime", "ppoll", "read", "write", "recvfrom", "getcpu")
+# ssize_t (64-bit) results; the others are int
+_WIDE = {"read", "write", "recvfrom"}
+
+CLOCK_MONOTONIC = 1
+POLLIN, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x8, 0x10, 0x20
+MSG_DONTWAIT = 0x40
+PR_SET_TIMERSLACK = 29
+
+_table: np.ndarray | None = None
+
+
+def table() -> np.ndarray:
+    """This process's libc entry points, in FN_* order."""
+    global _table
+    if _table is None:
+        t = np.zeros(N_FN, np.uint64)
+        for i, name in enumerate(_NAMES):
+            t[i] = ctypes.cast(getattr(native.libc, name), ctypes.c_void_p).value
+        _table = t
+    return _table
+
+
+def _codegen(nargs: int):
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(i64, [i64] * nargs)
+        addr = context.cast(builder, args[0], sig.args[0], types.int64)
+        fn = builder.inttoptr(addr, fnty.as_pointer())
+        vals = [context.cast(builder, v, t, types.int64) for v, t in zip(args[1:], sig.args[1:])]
+        return builder.call(fn, vals)
+    return codegen
+
+
+def _check(*tys) -> bool:
+    return all(isinstance(t, types.Integer) for t in tys)
+
+
+# The callee's result comes back in a 64-bit register; for an int-returning
+# function only the low 32 bits are defined: int32() them at the call site
+# (see wrappers below), never trust the upper half.
+@intrinsic
+def ccall2(typingctx, fn, a, b):
+    if _check(fn, a, b):
+        return types.int64(fn, a, b), _codegen(2)
+
+
+@intrinsic
+def ccall3(typingctx, fn, a, b, c):
+    if _check(fn, a, b, c):
+        return types.int64(fn, a, b, c), _codegen(3)
+
+
+@intrinsic
+def ccall4(typingctx, fn, a, b, c, d):
+    if _check(fn, a, b, c, d):
+        return types.int64(fn, a, b, c, d), _codegen(4)
+
+
+@intrinsic
+def ccall6(typingctx, fn, a, b, c, d, e, f):
+    if _check(fn, a, b, c, d, e, f):
+        return types.int64(fn, a, b, c, d, e, f), _codegen(6)
+
+
+# ---- the calls the loops make (inlined into them) ---------------------------
+
+
+@inline
+def now_ns(fn, ts):
+    """CLOCK_MONOTONIC in ns (vDSO, ~30 ns); @ts: an int64[2] scratch timespec."""
+    ccall2(fn[FN_CLOCK], CLOCK_MONOTONIC, ts.ctypes.data)
+    return ts[0] * 1000000000 + ts[1]
+
+
+@inline
+def ppoll_ns(fn, pfd, nfds, timeout_ns, ts):
+    """ppoll(2) on @nfds pollfds (int32 pairs: fd, events | revents << 16),
+    for at most @timeout_ns (< 0: forever). Returns the ready count (or -1)."""
+    for i in range(nfds):
+        pfd[2 * i + 1] &= 0xFFFF      # clear revents
+    if timeout_ns < 0:
+        r = ccall4(fn[FN_PPOLL], pfd.ctypes.data, nfds, 0, 0)
+    else:
+        ts[0] = timeout_ns // 1000000000
+        ts[1] = timeout_ns % 1000000000
+        r = ccall4(fn[FN_PPOLL], pfd.ctypes.data, nfds, ts.ctypes.data, 0)
+    return np.int64(np.int32(r & 0xFFFFFFFF))
+
+
+@inline
+def revents(pfd, i):
+    return (pfd[2 * i + 1] >> 16) & 0xFFFF
+
+
+@inline
+def efd_write(fn, fd, one):
+    """Add 1 to eventfd @fd (@one: uint64[1] holding 1). EAGAIN (counter
+    saturated) means the reader is awake anyway."""
+    return ccall3(fn[FN_WRITE], fd, one.ctypes.data, 8)
+
+
+@inline
+def efd_drain(fn, fd, scratch):
+    """Reset nonblocking eventfd @fd (read its counter into @scratch)."""
+    return ccall3(fn[FN_READ], fd, scratch.ctypes.data, 8)
+
+
+@inline
+def kick_rx(fn, fd):
+    """The need_wakeup kick (libxdp's recvfrom(MSG_DONTWAIT) on the socket)."""
+    return ccall6(fn[FN_RECVFROM], fd, 0, 0, MSG_DONTWAIT, 0, 0)
+
+
+@inline
+def getcpu(fn, where):
+    """(cpu, node) of the calling thread into uint32 @where[0:2] (vDSO)."""
+    return ccall3(fn[FN_GETCPU], where.ctypes.data, where.ctypes.data + 4, 0)

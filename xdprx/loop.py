@@ -1,0 +1,442 @@
+"""The data path, compiled end to end: the receive loop and the consume loop.
+
+Everything per packet and per batch runs here, in nopython mode with the GIL
+released; Python drivers (Receiver, the daemon, Consumer, Subscriber) set up
+the arrays, call in, and handle what comes back. Read it top to bottom:
+
+  receive side (one thread per socket; `rx_*`)
+    rx_loop    burst -> reap -> publish -> wake -> [your handler] -> poll, until
+               something needs Python: a stop flag, a control request (a
+               consumer joins or leaves, stats), a tick (maintenance, NUMA,
+               the caller's deadline). Each return is counted by reason.
+    rx_recv    one batch for Receiver.recv()/pump(), waiting up to a timeout.
+    rx_release / rx_reclaim   the application's batch / a departed consumer
+               lets go of its frames.
+
+      burst   bulk.rx_burst: reap consumer cursors, refill FILL, peek RX, write
+              each frame's descriptor, push references, publish each ring
+      wake    eventfd writes for sleeping consumers, moderated: a consumer is
+              woken when `wake_batch` entries wait for it or `wake_ns` after
+              the first one (bulk.publish / bulk.wake_due), once per sleep
+      poll    ppoll on the socket and the attention eventfd, for at most the
+              time to the next due wake-up or tick; FILL running low shortens it
+
+  consume side (one per consumer; `cons_*`)
+    cons_recv  release the last batch, read the next (one call from recv())
+    cons_run   read -> your handler -> release, sleeping on the eventfd
+               (arm: waiting = sleep number, fence, look again) when empty
+
+Control words (int64 `ctl`, written by Python, read here with relaxed atomic
+loads): K_STOP, K_ATTN (Python has work for the loop's thread), K_DEADLINE
+(CLOCK_MONOTONIC ns to return by), K_NUMA_NEXT (batch count to return at),
+K_SPIN_NS (busy-poll before sleeping; 0 by default: on a shared core a spin
+steals the CPU from the work it waits for), K_REFILL_MIN, K_SELF_REF.
+
+A handler is an njit function of HANDLER_SIG,
+    handler(umem, offsets, lengths, seqs, groups, state) -> int64
+umem is the whole UMEM, read-only; offsets/lengths/seqs/groups describe this
+batch; state is the caller's int64 array. Return 0 to go on, anything else
+to stop. It is called through a first-class function pointer, so the loop is
+compiled (and cached) once for every handler.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import types
+
+from . import bulk, cring as CR
+from . import context as X
+from .atomics import load_acquire, load_relaxed, store_relaxed
+from .context import a1, a2, pool_of
+from .jit import inline, kernel, raw
+from .libc import (POLLERR, POLLHUP, POLLIN, efd_drain, efd_write, getcpu, kick_rx, now_ns,
+                   ppoll_ns, revents)
+from .ring import U32, cons_release, needs_wakeup
+
+# ---- control words of a loop (ctl) ---------------------------------------------
+(K_STOP, K_ATTN, K_DEADLINE, K_NUMA_NEXT, K_SPIN_NS, K_REFILL_MIN, K_SELF_REF, K_HELD,
+ K_SHIFT, K_BATCH, K_RELEASES, K_GONE, K_DUE) = range(13)
+# K_HELD: entries/frames of the caller's current batch; K_DUE: rx_recv saw a
+# tick due; consumers only: K_SHIFT frame size log2, K_BATCH max batch,
+# K_RELEASES batches let go, K_GONE daemon gone
+N_CTL = 16
+FOREVER = np.int64(1) << 62
+
+# why a loop returned (also counted in stats)
+R_STOP, R_ATTN, R_TICK, R_HANDLER, R_GONE, R_TIMEOUT = range(6)
+REASONS = ("stop", "attention", "tick", "handler", "gone", "timeout")
+
+# the handler's type: the loops are compiled once for this signature
+RO_U8 = types.Array(types.uint8, 1, "C", readonly=True)
+HANDLER_SIG = types.int64(RO_U8, types.uint64[::1], types.uint32[::1], types.uint64[::1],
+                          types.int32[::1], types.int64[::1])
+HANDLER = types.FunctionType(HANDLER_SIG)
+
+FILL_LOW_NS = 200_000        # sleep at most this long while FILL is below a quarter
+REPORT_EVERY = 64            # consumer batches between two getcpu() feedback reports
+
+
+def new_ctl() -> np.ndarray:
+    ctl = np.zeros(N_CTL, np.int64)
+    ctl[K_DEADLINE] = FOREVER
+    ctl[K_NUMA_NEXT] = FOREVER
+    return ctl
+
+
+def signal_ctl(ctl: np.ndarray, word: int, efd: int) -> None:
+    """From Python, any thread (or a signal handler): set @word, then wake the
+    loop from its ppoll through the attention eventfd @efd."""
+    import os
+    ctl[word] = 1
+    try:
+        os.eventfd_write(efd, 1)
+    except (BlockingIOError, OSError):
+        pass   # saturated (the loop has a wake-up pending) or closed (gone)
+
+
+@kernel(HANDLER_SIG)
+def no_handler(umem, offsets, lengths, seqs, groups, state):
+    """The handler of a loop that only serves consumers."""
+    return 0
+
+
+# =============================================================================
+# receive side
+# =============================================================================
+@inline
+def flush_wakes(ctab, hub, wake, fn, scratch, stats):
+    """Write the eventfd of every consumer on the wake list."""
+    one = scratch[2:3]
+    one[0] = 1
+    for i in range(hub[bulk.H_NWAKE]):
+        efd_write(fn, ctab[wake[i], bulk.C_EFD], one)
+    stats[bulk.S_EFD_WRITES] += hub[bulk.H_NWAKE]
+    hub[bulk.H_NWAKE] = 0
+
+
+@inline
+def rx_step(ctx, self_ref, now):
+    """One burst and everything that follows it. Returns (packets for the
+    caller's batch, time the next moderated wake-up is due)."""
+    rx_prod, rx_cons = a1(ctx, X.RX_PROD, np.uint32), a1(ctx, X.RX_CONS, np.uint32)
+    rx_slots, rx_local = a2(ctx, X.RX_SLOTS, 2, np.uint64), a1(ctx, X.RX_LOCAL, np.int64)
+    fill_prod, fill_cons = a1(ctx, X.FILL_PROD, np.uint32), a1(ctx, X.FILL_CONS, np.uint32)
+    fill_slots, fill_local = a1(ctx, X.FILL_SLOTS, np.uint64), a1(ctx, X.FILL_LOCAL, np.int64)
+    fill_flags = a1(ctx, X.FILL_FLAGS, np.uint32)
+    stats, ctab = a1(ctx, X.STATS, np.int64), a2(ctx, X.CTAB, bulk.NCOL, np.int64)
+    wake, hub = a1(ctx, X.WAKE, np.int32), a1(ctx, X.HUB, np.int64)
+    ctl, fn = a1(ctx, X.CTL, np.int64), a1(ctx, X.FN, np.uint64)
+    pfd, scratch = a1(ctx, X.PFD, np.int32), a1(ctx, X.SCRATCH, np.int64)
+    n = bulk.rx_burst(
+        rx_prod, rx_cons, rx_slots, rx_local, fill_prod, fill_cons, fill_slots, fill_local,
+        fill_flags, pool_of(ctx), a1(ctx, X.UMEM, np.uint8), a2(ctx, X.G_ADDR, 16, np.uint8),
+        a1(ctx, X.G_PORT, np.uint16), a1(ctx, X.G_SEQ, np.uint64),
+        a1(ctx, X.OUT_FRAME, np.uint64), a1(ctx, X.OUT_OFF, np.uint64),
+        a1(ctx, X.OUT_LEN, np.uint32), a1(ctx, X.OUT_SEQ, np.uint64),
+        a1(ctx, X.OUT_SUB, np.int32), stats, ctab, a1(ctx, X.SUB_START, np.int64),
+        a1(ctx, X.SUB_CONS, np.int32), wake, hub, now, ctl[K_REFILL_MIN], self_ref)
+    due = bulk.wake_due(ctab, hub, wake, now)
+    flush_wakes(ctab, hub, wake, fn, scratch, stats)
+    if needs_wakeup(fill_flags):
+        kick_rx(fn, pfd[0])    # the driver asked to be told about new FILL entries
+        stats[bulk.S_KICKS] += 1
+    return n, due
+
+
+@inline
+def rx_sleep(ctx, now, until):
+    """Sleep in ppoll on the socket and the attention eventfd until @until
+    at most (shorter while FILL is low: consumers may be letting go of frames
+    the kernel needs)."""
+    fill_cons, fill_local = a1(ctx, X.FILL_CONS, np.uint32), a1(ctx, X.FILL_LOCAL, np.int64)
+    fsize = ctx[2 * X.FILL_SLOTS + 1]
+    stats, ctl = a1(ctx, X.STATS, np.int64), a1(ctx, X.CTL, np.int64)
+    fn, pfd, scratch = a1(ctx, X.FN, np.uint64), a1(ctx, X.PFD, np.int32), a1(ctx, X.SCRATCH, np.int64)
+    timeout = until - now
+    in_fill = (fill_local[0] - np.int64(load_acquire(fill_cons))) & U32
+    if in_fill < fsize // 4 and timeout > FILL_LOW_NS:
+        timeout = FILL_LOW_NS
+    if timeout < 0:
+        timeout = 0
+    stats[bulk.S_SLEEPS] += 1
+    ppoll_ns(fn, pfd, 2, timeout, scratch)
+    if revents(pfd, 1) & POLLIN:
+        efd_drain(fn, pfd[2], scratch[2:3])
+
+
+@inline
+def rx_spin(ctx, now):
+    """Busy-poll the RX producer index for up to K_SPIN_NS. True if a packet came."""
+    spin = a1(ctx, X.CTL, np.int64)[K_SPIN_NS]
+    if spin <= 0:
+        return False
+    rx_prod, rx_local = a1(ctx, X.RX_PROD, np.uint32), a1(ctx, X.RX_LOCAL, np.int64)
+    fn, scratch = a1(ctx, X.FN, np.uint64), a1(ctx, X.SCRATCH, np.int64)
+    end = now + spin
+    while True:
+        for _ in range(64):
+            if np.int64(load_relaxed(rx_prod)) != rx_local[1]:
+                return True
+        if now_ns(fn, scratch) >= end:
+            return False
+
+
+@kernel
+def rx_loop(ctx, umem_ro, handler, state):
+    """The receive loop: serve consumers (and, with K_SELF_REF, call @handler
+    on every batch, then release it) until Python is needed. Returns R_*."""
+    stats, ctl = a1(ctx, X.STATS, np.int64), a1(ctx, X.CTL, np.int64)
+    fn, scratch = a1(ctx, X.FN, np.uint64), a1(ctx, X.SCRATCH, np.int64)
+    self_ref = ctl[K_SELF_REF]
+    off, ln = a1(ctx, X.OUT_OFF, np.uint64), a1(ctx, X.OUT_LEN, np.uint32)
+    seq, sub = a1(ctx, X.OUT_SEQ, np.uint64), a1(ctx, X.OUT_SUB, np.int32)
+    while True:
+        if load_relaxed(ctl[K_STOP:]) != 0:
+            stats[bulk.S_RET_STOP] += 1
+            return R_STOP
+        if load_relaxed(ctl[K_ATTN:]) != 0:
+            stats[bulk.S_RET_ATTN] += 1
+            return R_ATTN
+        now = now_ns(fn, scratch)
+        if now >= ctl[K_DEADLINE] or stats[bulk.S_BATCHES] >= ctl[K_NUMA_NEXT]:
+            stats[bulk.S_RET_TICK] += 1
+            return R_TICK
+        batches = stats[bulk.S_BATCHES]
+        n, due = rx_step(ctx, self_ref, now)
+        if n > 0:
+            stats[bulk.S_HANDLER_CALLS] += 1
+            r = handler(umem_ro, off[:n], ln[:n], seq[:n], sub[:n], state)
+            rx_release_n(ctx, n)
+            if r != 0:
+                return R_HANDLER
+        if stats[bulk.S_BATCHES] != batches or rx_spin(ctx, now):
+            continue
+        rx_sleep(ctx, now, min(ctl[K_DEADLINE], due))
+
+
+@inline
+def rx_release_n(ctx, n):
+    bulk.release(a1(ctx, X.OUT_FRAME, np.uint64), n, a1(ctx, X.UMEM, np.uint8), pool_of(ctx),
+                 a1(ctx, X.STATS, np.int64))
+
+
+@kernel
+def rx_recv(ctx, timeout_ns):
+    """Release the caller's last batch, then receive: with K_SELF_REF a batch
+    for the caller (returns its size, K_HELD frames held), else one burst for
+    the consumers (returns its packets). Waits up to @timeout_ns (< 0:
+    forever). Returns 0 on timeout, -1 when K_STOP or K_ATTN is set, -2 when
+    a tick is due (K_DEADLINE, K_NUMA_NEXT) first: call again after it. K_DUE
+    is set when a tick is due after a batch."""
+    stats, ctl = a1(ctx, X.STATS, np.int64), a1(ctx, X.CTL, np.int64)
+    fn, scratch = a1(ctx, X.FN, np.uint64), a1(ctx, X.SCRATCH, np.int64)
+    if ctl[K_HELD] > 0:
+        rx_release_n(ctx, ctl[K_HELD])
+        ctl[K_HELD] = 0
+    self_ref = ctl[K_SELF_REF]
+    now = now_ns(fn, scratch)
+    end = FOREVER if timeout_ns < 0 else now + timeout_ns
+    while True:
+        batches = stats[bulk.S_BATCHES]
+        packets = stats[bulk.S_PACKETS]
+        n, due = rx_step(ctx, self_ref, now)
+        tick = now >= ctl[K_DEADLINE] or stats[bulk.S_BATCHES] >= ctl[K_NUMA_NEXT]
+        if tick:
+            ctl[K_DUE] = 1
+        if self_ref and n > 0:
+            ctl[K_HELD] = n
+            return n
+        if not self_ref and stats[bulk.S_BATCHES] != batches:
+            return stats[bulk.S_PACKETS] - packets
+        if now >= end:
+            return 0
+        if tick:
+            return -2
+        if load_relaxed(ctl[K_STOP:]) != 0 or load_relaxed(ctl[K_ATTN:]) != 0:
+            return -1
+        if not rx_spin(ctx, now):
+            rx_sleep(ctx, now, min(end, ctl[K_DEADLINE], due))
+        now = now_ns(fn, scratch)
+
+
+@kernel
+def rx_reclaim(ctx, c):
+    """bulk.reclaim of consumer @c."""
+    return bulk.reclaim(
+        a2(ctx, X.CTAB, bulk.NCOL, np.int64), c, a1(ctx, X.UMEM, np.uint8), pool_of(ctx),
+        a1(ctx, X.STATS, np.int64), a1(ctx, X.HUB, np.int64))
+
+
+@kernel
+def rx_release(ctx):
+    """The caller's batch lets go of its frames now (Batch.release)."""
+    ctl = a1(ctx, X.CTL, np.int64)
+    if ctl[K_HELD] > 0:
+        rx_release_n(ctx, ctl[K_HELD])
+        ctl[K_HELD] = 0
+    return 0
+
+
+# =============================================================================
+# consume side
+# =============================================================================
+@inline
+def cons_let_go(cctx):
+    """Release the entries of the last batch (one release store) and publish
+    the feedback the NUMA policy reads: bytes and packets read, and every
+    REPORT_EVERY batches the cpu and node we run on (getcpu, vDSO)."""
+    ctl = a1(cctx, X.C_CTL, np.int64)
+    held = ctl[K_HELD]
+    if held == 0:
+        return
+    cons_release(a1(cctx, X.C_CONS, np.uint32), a1(cctx, X.C_LOCAL, np.int64), held)
+    ctl[K_HELD] = 0
+    counts = a1(cctx, X.C_COUNTS, np.int64)
+    fb = a1(cctx, X.C_FEEDBACK, np.uint64)     # [cpu|node u32 x2, bytes, packets]
+    fb[1] = counts[2]
+    fb[2] = counts[0]
+    r = ctl[K_RELEASES]
+    ctl[K_RELEASES] = r + 1
+    if r & (REPORT_EVERY - 1) == 0:
+        getcpu(a1(cctx, X.C_FN, np.uint64), fb[0:1].view(np.uint32))
+
+
+@inline
+def cons_read(cctx):
+    """Read the next batch into out_*. Returns how many are in it (0: none);
+    K_HELD says how many ring entries to release for it."""
+    ctl = a1(cctx, X.C_CTL, np.int64)
+    counts = a1(cctx, X.C_COUNTS, np.int64)
+    while True:
+        n = CR.read_batch(
+            a1(cctx, X.C_PROD, np.uint32), a1(cctx, X.C_SLOTS, np.uint64),
+            a1(cctx, X.C_LOCAL, np.int64), a1(cctx, X.C_UMEM, np.uint8), ctl[K_SHIFT],
+            ctl[K_BATCH], a1(cctx, X.C_NEXT_SEQ, np.uint64), counts,
+            a1(cctx, X.C_OUT_FRAME, np.uint64), a1(cctx, X.C_OUT_OFF, np.uint64),
+            a1(cctx, X.C_OUT_LEN, np.uint32), a1(cctx, X.C_OUT_SEQ, np.uint64),
+            a1(cctx, X.C_OUT_SUB, np.int32))
+        if n == 0:
+            return 0
+        ctl[K_HELD] = n
+        if counts[4] > 0:
+            return counts[4]
+        cons_let_go(cctx)   # only entries we refused to read: let them go, look again
+
+
+@inline
+def cons_gone(cctx):
+    """The daemon closed this ring, or its lifeline socket hung up."""
+    return (a1(cctx, X.C_STATUS, np.uint32)[0] == CR.STATUS_CLOSED
+            or a1(cctx, X.C_CTL, np.int64)[K_GONE] != 0)
+
+
+@inline
+def cons_sleep(cctx, timeout_ns):
+    """Arm (waiting = sleep number, fence, look again), then ppoll the
+    eventfd (and the lifeline socket) for up to @timeout_ns."""
+    waiting = a1(cctx, X.C_WAITING, np.uint32)
+    local = a1(cctx, X.C_LOCAL, np.int64)
+    if CR.arm(waiting, a1(cctx, X.C_PROD, np.uint32), local):
+        return
+    ctl, fn = a1(cctx, X.C_CTL, np.int64), a1(cctx, X.C_FN, np.uint64)
+    pfd, scratch = a1(cctx, X.C_PFD, np.int32), a1(cctx, X.C_SCRATCH, np.int64)
+    nfds = pfd.shape[0] // 2
+    ppoll_ns(fn, pfd, nfds, timeout_ns, scratch)
+    store_relaxed(waiting, 0)
+    if revents(pfd, 0) & POLLIN:
+        efd_drain(fn, pfd[0], scratch[2:3])
+    if nfds > 1 and revents(pfd, 1) & (POLLIN | POLLHUP | POLLERR):
+        ctl[K_GONE] = 1      # the daemon never writes after its reply: EOF
+
+
+@inline
+def cons_wait(cctx, end):
+    """Read a batch, sleeping until @end (ns) at most. Returns its size, 0 at
+    @end or when K_STOP is set, -1 once the daemon is gone and the ring empty."""
+    ctl, fn = a1(cctx, X.C_CTL, np.int64), a1(cctx, X.C_FN, np.uint64)
+    scratch = a1(cctx, X.C_SCRATCH, np.int64)
+    prod, local = a1(cctx, X.C_PROD, np.uint32), a1(cctx, X.C_LOCAL, np.int64)
+    cons_let_go(cctx)
+    while True:
+        j = cons_read(cctx)
+        if j > 0:
+            return j
+        if cons_gone(cctx):
+            return -1
+        now = now_ns(fn, scratch)
+        if now >= end or load_relaxed(ctl[K_STOP:]) != 0:
+            return 0
+        spin_end = now + ctl[K_SPIN_NS]
+        while ctl[K_SPIN_NS] > 0 and np.int64(load_relaxed(prod)) == local[1]:
+            if now_ns(fn, scratch) >= spin_end:
+                break
+        if np.int64(load_relaxed(prod)) == local[1]:
+            cons_sleep(cctx, end - now)
+
+
+@kernel
+def cons_recv(cctx, timeout_ns):
+    """Consumer.recv(): release the last batch, return the next one's size
+    (waiting up to @timeout_ns; < 0 forever), 0 on timeout, -1 when gone."""
+    fn, scratch = a1(cctx, X.C_FN, np.uint64), a1(cctx, X.C_SCRATCH, np.int64)
+    if timeout_ns == 0:
+        cons_let_go(cctx)
+        j = cons_read(cctx)
+        if j == 0 and cons_gone(cctx):
+            return -1
+        return j
+    end = FOREVER if timeout_ns < 0 else now_ns(fn, scratch) + timeout_ns
+    return cons_wait(cctx, end)
+
+
+@kernel
+def cons_done(cctx):
+    """Batch.release() of a consumer's batch."""
+    cons_let_go(cctx)
+    return 0
+
+
+@kernel
+def cons_run(cctx, umem_ro, handler, state, slice_ns):
+    """Consumer.run(): read -> handler -> release, for @slice_ns at most
+    (then Python checks for signals and comes back). Returns R_*."""
+    ctl, fn = a1(cctx, X.C_CTL, np.int64), a1(cctx, X.C_FN, np.uint64)
+    scratch, counts = a1(cctx, X.C_SCRATCH, np.int64), a1(cctx, X.C_COUNTS, np.int64)
+    off, ln = a1(cctx, X.C_OUT_OFF, np.uint64), a1(cctx, X.C_OUT_LEN, np.uint32)
+    seq, sub = a1(cctx, X.C_OUT_SEQ, np.uint64), a1(cctx, X.C_OUT_SUB, np.int32)
+    end = now_ns(fn, scratch) + slice_ns
+    while True:
+        j = cons_wait(cctx, end)
+        if j < 0:
+            return R_GONE
+        if j == 0:
+            cons_let_go(cctx)
+            return R_STOP if load_relaxed(ctl[K_STOP:]) != 0 else R_TIMEOUT
+        counts[5] += 1
+        if handler(umem_ro, off[:j], ln[:j], seq[:j], sub[:j], state) != 0:
+            cons_let_go(cctx)
+            return R_HANDLER
+
+
+# ---- warm-up: load every kernel with its real types before traffic ------------
+CTX = types.uint64[::1]
+I64 = types.int64
+STATE = types.int64[::1]
+
+
+def warm_rx() -> None:
+    """The receive side's kernels (caller holds jit.cache_lock)."""
+    rx_loop.compile((CTX, RO_U8, HANDLER, STATE))
+    rx_recv.compile((CTX, I64))
+    rx_reclaim.compile((CTX, I64))
+    rx_release.compile((CTX,))
+    # the NUMA policy's feedback kernel: else it compiles at the first tick
+    a2d, a1d = types.int64[:, ::1], types.int64[::1]
+    bulk.collect_feedback.compile((a2d, a1d, a1d, a1d, a1d, a1d))
+
+
+def warm_consumer() -> None:
+    """A consumer's kernels (caller holds jit.cache_lock)."""
+    cons_recv.compile((CTX, I64))
+    cons_done.compile((CTX,))
+    cons_run.compile((CTX, RO_U8, HANDLER, STATE, I64))
