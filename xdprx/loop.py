@@ -225,7 +225,7 @@ def rx_recv(ctx, timeout_ns):
     """Release the caller's last batch, then receive: with K_SELF_REF a batch
     for the caller (returns its size, K_HELD frames held), else one burst for
     the consumers (returns its packets). Waits up to @timeout_ns (< 0:
-    forever). Returns 0 on timeout, -1 when K_STOP or K_ATTN is set, -2 when
+    forever). Returns 0 on timeout, -1 when K_ATTN is set, -2 when
     a tick is due (K_DEADLINE, K_NUMA_NEXT) first: call again after it. K_DUE
     is set when a tick is due after a batch."""
     stats, ctl = a1(ctx, X.STATS, np.int64), a1(ctx, X.CTL, np.int64)
@@ -252,7 +252,7 @@ def rx_recv(ctx, timeout_ns):
             return 0
         if tick:
             return -2
-        if load_relaxed(ctl[K_STOP:]) != 0 or load_relaxed(ctl[K_ATTN:]) != 0:
+        if load_relaxed(ctl[K_ATTN:]) != 0:
             return -1
         if not rx_spin(ctx, now):
             rx_sleep(ctx, now, min(end, ctl[K_DEADLINE], due))
@@ -425,8 +425,12 @@ STATE = types.int64[::1]
 
 
 def warm_rx() -> None:
-    """The receive side's kernels (caller holds jit.cache_lock)."""
+    """The receive side's kernels (caller holds jit.cache_lock). The loops
+    taking a handler are then closed to new signatures: a handler passed in
+    converts to the one first-class function type instead of compiling (and
+    failing to cache) one loop per handler."""
     rx_loop.compile((CTX, RO_U8, HANDLER, STATE))
+    rx_loop.disable_compile()
     rx_recv.compile((CTX, I64))
     rx_reclaim.compile((CTX, I64))
     rx_release.compile((CTX,))
@@ -440,3 +444,4 @@ def warm_consumer() -> None:
     cons_recv.compile((CTX, I64))
     cons_done.compile((CTX,))
     cons_run.compile((CTX, RO_U8, HANDLER, STATE, I64))
+    cons_run.disable_compile()

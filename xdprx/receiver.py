@@ -146,7 +146,7 @@ class Receiver:
         self._scratch = np.zeros(4, np.int64)
         # held around every kernel call and consumer-table change; while a
         # compiled loop runs, other threads hand their changes to it (_on_loop)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._ops_lock = threading.Lock()
         self._ops: list = []
         self._serving: int | None = None       # the thread running serve()/run()
@@ -233,20 +233,31 @@ class Receiver:
     # ---- the compiled loop's thread and the work handed to it ------------------
     def _on_loop(self, fn):
         """Run @fn (a consumer-table change, a stats snapshot) with the receive
-        state quiet: under the lock, or, while a compiled loop runs on another
-        thread, on that thread between two of its calls."""
-        me = threading.get_ident()
-        if self._serving is not None and self._serving != me:
-            fut: concurrent.futures.Future = concurrent.futures.Future()
-            with self._ops_lock:
-                queued = self._serving is not None
-                if queued:
-                    self._ops.append((fn, fut))
-            if queued:
-                loop.signal_ctl(self._ctl, loop.K_ATTN, self._attn)
-                return fut.result(timeout=30)
-        with self._lock:
-            return fn()
+        state quiet: under the lock. A thread inside a compiled call (serve(),
+        run(), recv(), pump()) holds the lock; it is asked to come back (K_ATTN
+        and the attention eventfd) and runs @fn before it goes on."""
+        if self._lock.acquire(blocking=False):     # nobody receives (or we do)
+            try:
+                self._run_ops()
+                return fn()
+            finally:
+                self._lock.release()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._ops_lock:
+            self._ops.append((fn, fut))
+        loop.signal_ctl(self._ctl, loop.K_ATTN, self._attn)
+        deadline = time.monotonic() + 30
+        while not fut.done():
+            if self._lock.acquire(timeout=0.05):   # the holder left meanwhile
+                try:
+                    self._run_ops()
+                finally:
+                    self._lock.release()
+            if time.monotonic() > deadline:
+                raise XdprxError("the receive loop did not answer within 30 s", E.ETIMEDOUT,
+                                 "is its thread blocked outside xdprx (a handler that never "
+                                 "returns)?")
+        return fut.result()
 
     def _run_ops(self) -> None:
         """The handed-over work (the loop's thread, under the lock)."""
@@ -376,13 +387,16 @@ class Receiver:
                 if self._serving is not None:
                     raise XdprxError("serve()/run() is receiving on this Receiver", E.EBUSY,
                                      "read through a consumer (subscribe()) instead")
+                if self._ops:
+                    self._run_ops()
                 self._ctl[loop.K_SELF_REF] = self_ref
                 n = loop.rx_recv(self._ctx, tns)
                 if self._ctl[loop.K_DUE]:
                     self._ticks()
-            if n != -2:
-                return max(n, 0)
-            if end is not None:   # a tick came first: go on with what is left
+            if n >= 0:
+                return n
+            # a tick or another thread's request came first: go on with what is left
+            if end is not None:
                 tns = max(0, end - time.monotonic_ns())
 
     def recv(self, timeout: float | None = None) -> Batch:

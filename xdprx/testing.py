@@ -310,10 +310,13 @@ def control_answers(path: str) -> bool:
 
 class DaemonProcess:
     """`xdprx run` in the rx namespace of @pair, serving @control; started when
-    entered (once its control socket answers), SIGTERMed and reaped on exit."""
+    entered (once its control socket answers), SIGTERMed and reaped on exit.
+    @pin: a CPU list for taskset (the daemon and every thread it starts)."""
 
-    def __init__(self, pair: VethPair, control: str, groups: list[str], *extra: str) -> None:
-        argv = XDPRX + ["run", pair.rx_if, "--control", control, "--interval", "0.5"]
+    def __init__(self, pair: VethPair, control: str, groups: list[str], *extra: str,
+                 pin: str | None = None) -> None:
+        argv = (["taskset", "-c", pin] if pin else []) + \
+            XDPRX + ["run", pair.rx_if, "--control", control, "--interval", "0.5"]
         for g in groups:
             argv += ["--group", g]
         self.control = control

@@ -1,0 +1,242 @@
+"""The compiled hot path (loop.py) on a real veth pair with a real AF_XDP
+socket and the real XDP program: Receiver.serve()/run(), Consumer.run(),
+moderated wake-ups, handler preparation, and the returns to Python."""
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import xdprx
+from xdprx import loop
+from xdprx.consumer import prepare
+from xdprx.control import request
+from xdprx.errors import ConfigError
+from xdprx.testing import DaemonProcess, send, send_cmd
+from xdprx.umem import FREE
+
+from handlers import S_PKTS, check_hashes, expected_hashes, new_state, record
+
+GROUP = "239.7.7.7:7000"
+
+
+def test_serve_thread_feeds_consumers_running_handlers(pair):
+    """Receiver.start() runs the compiled loop on a thread; three in-process
+    consumers, subscribed while it runs (work handed to the loop's thread),
+    each run an njit handler in compiled code: every payload byte, every packet."""
+    n, seed = 6000, 11
+    want = expected_hashes(seed, n, 64, 300)
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP])
+    with rx:
+        rx.start()
+        cons = [rx.subscribe(ring_size=4096, wake_batch=32, wake_usecs=100) for _ in range(3)]
+        states = [new_state(n, stop=n) for _ in cons]
+        why = {}
+        threads = [threading.Thread(target=lambda c=c, s=s: why.setdefault(c.id, c.run(
+            record, s, duration=60))) for c, s in zip(cons, states)]
+        for t in threads:
+            t.start()
+        sender = pair.popen("tx", send_cmd(GROUP, n, seed=seed, lo=64, hi=300, rate=40000))
+        assert sender.wait(timeout=60) == 0
+        for t in threads:
+            t.join(timeout=60)
+        assert set(why.values()) == {"handler"}, why
+        for c, s in zip(cons, states):
+            check_hashes(s, want, n)
+            st = c.stats()
+            assert st["received"] == n and st["dropped"] == 0 and st["gaps"] == 0, st
+            assert st["handler_calls"] >= 1
+            assert st["received"] + st["dropped"] == st["delivered"] + st["dropped"] == n
+        stats = rx.stats()
+        r = stats["receiver"]
+        assert r["packets"] == n and r["deliveries"] == 3 * n
+        assert r["returns_attention"] >= 4       # three subscribes and a stats()
+        assert r["eventfd_writes"] == sum(c["wakeups"] for c in stats["consumers"])
+        for c in cons:
+            c.close()
+        rx.stop()
+    assert (rx.umem.pool.state == FREE).all()
+    assert rx.stats_after_close()["receiver"]["returns_stop"] == 1
+
+
+def test_receiver_run_calls_handler_per_batch(pair):
+    """Receiver.run(handler): the embedded API's compiled loop, handler on every
+    batch, frames released after each call; returns when the handler says so."""
+    n, seed = 5000, 12
+    want = expected_hashes(seed, n, 1, 1472)
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP], batch_size=128)
+    with rx:
+        state = new_state(n, stop=n)
+        sender = pair.popen("tx", send_cmd(GROUP, n, seed=seed, rate=40000))
+        assert rx.run(record, state, duration=60) == "handler"
+        assert sender.wait(timeout=30) == 0
+        check_hashes(state, want, n)
+        r = rx.stats()["receiver"]
+        assert r["packets"] == n and r["handler_calls"] >= n // 128
+        assert rx.umem.pool.census()["held"] == 0     # every batch let go
+    assert (rx.umem.pool.state == FREE).all()
+
+
+def test_moderated_wakeups(pair):
+    """A sleeping consumer is woken once `wake_batch` packets wait, or
+    `wake_usecs` after the first: a few packets wait for the timer, a burst
+    wakes it by count, and each sleep costs at most one eventfd write."""
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP])
+    with rx:
+        rx.start()
+        c = rx.subscribe(wake_batch=256, wake_usecs=300_000)
+        got, t_first = [], []
+
+        def reader():
+            while sum(got) < 10:
+                b = c.recv(timeout=5)
+                if not len(b):
+                    break
+                t_first.append(time.monotonic())
+                got.append(len(b))
+        t = threading.Thread(target=reader)
+        t.start()
+        time.sleep(0.2)                 # the reader is asleep on its eventfd
+        with pair.inside("tx"):
+            t0 = time.monotonic()
+            assert send(GROUP, 10, 5, 64, 64, 100000, pair.tx_if, 5) == 10
+        t.join(timeout=10)
+        assert sum(got) == 10
+        waited = t_first[0] - t0
+        assert 0.2 < waited < 2.0, f"woken after {waited:.3f} s; the timer says 0.3 s"
+        st = rx.stats()["consumers"][0]
+        assert st["wakeups"] == 1 and st["wake_batch"] == 256 and st["wake_usecs"] == 300_000
+        # a burst: woken by count (2048 packets: at most ~one wake-up per 256)
+        state = new_state(4096, stop=2048)
+        th = threading.Thread(target=c.run, args=(record, state), kwargs={"duration": 30})
+        th.start()
+        time.sleep(0.2)
+        with pair.inside("tx"):
+            assert send(GROUP, 2048, 6, 64, 64, 200000, pair.tx_if, 10) == 2048
+        th.join(timeout=30)
+        assert state[S_PKTS] == 2048
+        w = rx.stats()["consumers"][0]["wakeups"] - 1
+        assert 1 <= w <= 2048 // 256 + 8, w
+        c.close()
+    assert (rx.umem.pool.state == FREE).all()
+
+
+def test_stop_from_another_thread_and_errors(pair):
+    """stop() ends serve() from another thread; a second serve() at once is
+    refused; recv() while serve() runs is refused; closing stops the loop."""
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP])
+    with rx:
+        th = rx.start()
+        with pytest.raises(xdprx.XdprxError, match="already runs"):
+            rx.serve()
+        with pytest.raises(xdprx.XdprxError, match="serve"):
+            rx.recv(timeout=0)
+        time.sleep(0.35)
+        rx.stop()
+        th.join(timeout=5)
+        assert not th.is_alive()
+        r = rx.stats()["receiver"]
+        assert r["returns_stop"] == 1 and r["returns_tick"] >= 2   # 100 ms maintenance ticks
+        assert rx.serve(duration=0.2) == "duration"
+        rx.start()
+    # close() stopped the running loop and everything came back
+    assert (rx.umem.pool.state == FREE).all()
+
+
+def test_handler_must_be_njit_and_read_only():
+    """A plain function, or one that writes to the (read-only) UMEM, is
+    refused with one line saying why, before anything is received."""
+    def plain(umem, offsets, lengths, seqs, groups, state):
+        return 0
+
+    @numba.njit
+    def writes(umem, offsets, lengths, seqs, groups, state):
+        umem[0] = 1
+        return 0
+
+    @numba.njit
+    def wrong_arity(umem, offsets):
+        return 0
+
+    with pytest.raises(ConfigError, match="not an @numba.njit"):
+        prepare(plain)
+    with pytest.raises(ConfigError, match="does not compile.*never write to umem"):
+        prepare(writes)
+    with pytest.raises(ConfigError, match="wrong_arity does not compile"):
+        prepare(wrong_arity)
+    assert prepare(record) is record
+    assert any(sig == loop.HANDLER_SIG.args for sig in record.signatures)
+
+
+RUN_CONSUMER = str(Path(__file__).with_name("run_consumer.py"))
+
+
+def test_sixteen_subscribers_on_one_cpu_started_under_traffic(pair, tmp_path):
+    """The oversubscribed case: `xdprx run` and 16 Subscriber processes all
+    pinned to one CPU (the generator and the veth's kernel work on the other),
+    the subscribers started together while traffic flows. Each one is ready
+    (kernels and handler compiled) before it subscribes, receives in every
+    second from then on, checks every payload byte in its njit handler, and
+    accounts for every packet since it joined: received + gaps = packets
+    sent since its first, the daemon's drops for it >= its gaps. The daemon's
+    own socket drops nothing, and frames all come back."""
+    n_cons, rate, seconds, seed = 16, 20000, 16, 21
+    n = rate * seconds
+    hashfile = str(tmp_path / "hashes.npy")
+    np.save(hashfile, expected_hashes(seed, n, 64, 128))
+    ctl = str(tmp_path / "x.sock")
+    with DaemonProcess(pair, ctl, [GROUP], "--frames", "8192", pin="1"):
+        sender = pair.popen("tx", ["taskset", "-c", "0"] + send_cmd(
+            GROUP, n, seed=seed, lo=64, hi=128, rate=rate, timeout=seconds + 30))
+        procs = []
+        try:
+            time.sleep(1.0)
+            procs = [subprocess.Popen(["taskset", "-c", "1", sys.executable, RUN_CONSUMER, ctl,
+                                       GROUP, str(n), hashfile], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for _ in range(n_cons)]
+            for p in procs:
+                line = p.stdout.readline().strip()
+                assert line == "ready", (line, p.stderr.read() if p.poll() is not None else "")
+            assert sender.wait(timeout=seconds + 40) == 0
+            t_end = time.monotonic()
+            time.sleep(1.0)                         # the last packets drain
+            daemon = request(ctl, {"cmd": "stats"})["stats"]
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    r = daemon["receiver"]
+    assert r["packets"] == n and daemon["drops"] == 0, (r, daemon["xsk"])
+    assert daemon["frames"]["held"] == 0 and daemon["frames"]["kernel"] + \
+        daemon["frames"]["free"] == daemon["frames"]["total"]
+    drops = []
+    for res in results:
+        st = res["stats"]
+        assert res["mismatches"] == 0 and res["hashed"] == res["packets"] == st["received"]
+        assert res["last"] == n - 1, res["last"]              # it kept up to the end
+        assert st["received"] + st["gaps"] == n - res["first"], (st, res["first"])
+        assert st["dropped"] >= st["gaps"] and st["delivered"] == st["received"], st
+        drops.append(st["dropped"])
+        # received in every second from its first slice to the end of traffic
+        tl = res["timeline"]
+        t0 = tl[0][0]
+        for k in range(int(t_end - t0 - 1.0)):
+            lo, hi = t0 + k, t0 + k + 1
+            counts = [c for t, c in tl if lo <= t < hi + 0.3]
+            before = max([c for t, c in tl if t < lo] or [0])
+            assert counts and max(counts) > before, f"no packets in second {k}: {tl}"
+    print(f"drops per consumer: {drops}")
