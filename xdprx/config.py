@@ -48,16 +48,18 @@ def _check(path: str, key: str, value: Any, action: argparse.Action) -> Any:
         return ConfigError(f"config {path}: {key} = {value!r}: expected {want}",
                            remedy="fix the value (see examples/xdprx.toml)")
 
-    def scalar(v: Any, want_type) -> Any:
-        if isinstance(v, bool) or isinstance(v, (dict, list)):
-            raise bad(want_type.__name__ if want_type is not str else "a string")
-        if want_type is float and isinstance(v, (int, float)):
+    names = {int: "an integer", float: "a number", str: "a string"}
+
+    def scalar(v: Any, want: type) -> Any:
+        if isinstance(v, bool):       # TOML true/false is not a number (bool is an int)
+            raise bad(names[want])
+        if want is float and isinstance(v, (int, float)):
             return float(v)
-        if want_type is int and isinstance(v, int):
+        if want is int and isinstance(v, int):
             return v
-        if want_type is str and (isinstance(v, str) or (isinstance(v, int) and action.dest in INT_AS_STR)):
+        if want is str and (isinstance(v, str) or (isinstance(v, int) and action.dest in INT_AS_STR)):
             return str(v)
-        raise bad({int: "an integer", float: "a number", str: "a string"}[want_type])
+        raise bad(names[want])
 
     if isinstance(action, argparse._StoreTrueAction):
         if not isinstance(value, bool):
