@@ -127,7 +127,10 @@ def test_not_root_exit_2(pair):
             code = 99
         os._exit(code)
     os.close(wfd)
-    err = os.read(rfd, 65536).decode().strip()
+    err = b""
+    while chunk := os.read(rfd, 65536):  # two lines, maybe two writes: read to EOF
+        err += chunk
+    err = err.decode().strip()
     os.close(rfd)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 2, err
