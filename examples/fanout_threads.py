@@ -1,6 +1,7 @@
 """In-process fan-out: one receive thread, one thread per consumer.
 
-    sudo .venv/bin/python examples/fanout_threads.py IFACE 239.1.2.3:5000 [CONSUMERS]
+As root:
+    .venv/bin/python examples/fanout_threads.py IFACE 239.1.2.3:5000 [CONSUMERS]
 
 Each consumer thread reads every packet of the group zero-copy and counts
 bytes and sequence gaps; Ctrl-C stops everything and prints the totals.

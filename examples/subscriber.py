@@ -1,7 +1,8 @@
 """A consumer in its own process, against a running `xdprx run` daemon.
 
-    sudo xdprx run eth0 --group 239.1.2.3:5000 &
-    sudo .venv/bin/python examples/subscriber.py /run/xdprx/eth0.sock 239.1.2.3:5000
+As root:
+    xdprx run eth0 --group 239.1.2.3:5000 &
+    .venv/bin/python examples/subscriber.py /run/xdprx/eth0.sock 239.1.2.3:5000
 
 Sums each packet's payload bytes in a Numba function over the batch arrays
 (no Python per packet), reads the UMEM read-only, zero-copy.

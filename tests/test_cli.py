@@ -127,12 +127,16 @@ def test_not_root_exit_2(pair):
             code = 99
         os._exit(code)
     os.close(wfd)
-    err = os.read(rfd, 65536).decode().strip()
+    err = b""
+    while chunk := os.read(rfd, 65536):  # two lines, maybe two writes: read to EOF
+        err += chunk
+    err = err.decode().strip()
     os.close(rfd)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 2, err
-    assert len(err.splitlines()) == 1
-    assert "missing privileges" in err and "root" in err
+    lines = err.splitlines()  # the error, then the doctor hint (not for bad input)
+    assert len(lines) == 2 and lines[1] == "xdprx: hint: run `xdprx doctor lo` for a full check"
+    assert "missing privileges" in lines[0] and "root" in lines[0]
 
 
 def test_foreign_xdp_program_is_not_clobbered(pair, tmp_path):
@@ -147,8 +151,9 @@ def test_foreign_xdp_program_is_not_clobbered(pair, tmp_path):
     for mode in ("auto", "skb", "native"):
         code, err = run_cli_inside(pair, ["run", pair.rx_if, "--group", GROUP, "--mode", mode])
         assert code == 2
-        assert len(err.splitlines()) == 1
+        err, hint = err.splitlines()
         assert "someone_elses" in err and "xdp off" in err
+        assert hint == f"xdprx: hint: run `xdprx doctor {pair.rx_if}` for a full check"
     # the other program is still there, untouched
     assert "someone_elses" in pair.run("rx", ["ip", "-d", "link", "show", pair.rx_if]).stdout \
         or xdp_attached(pair)

@@ -1,4 +1,4 @@
-"""The `xdprx` command: run, subscribe, stats, demo, bench.
+"""The `xdprx` command: run, subscribe, stats, doctor, demo, bench.
 
 Every user error ends in one line `xdprx: error: <what>; <remedy>` and exit
 code 2 (argparse's convention for usage errors).
@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .errors import XdprxError
+from .errors import ConfigError, XdprxError
 
 EXIT_USAGE = 2
 
@@ -44,6 +44,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .groups import parse_groups
     from .numa import Topology, parse_numa
     from .receiver import Receiver
+    if not a.iface:
+        raise ConfigError("no interface given", remedy="pass IFACE (or iface = \"...\" in --config)")
     parse_groups(a.group)  # report bad input before touching the system
     parse_numa(a.numa)
     uids, gids = parse_ids(a.allow_uid, "uid"), parse_ids(a.allow_gid, "gid")
@@ -99,6 +101,11 @@ def cmd_subscribe(a: argparse.Namespace) -> int:
                      interval=a.interval)
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from .doctor import doctor
+    return doctor(a.iface, a.group, as_json=a.json)
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import demo
     return demo(seconds=a.seconds, rate=a.rate, mode=a.mode)
@@ -108,7 +115,6 @@ def cmd_bench(a: argparse.Namespace) -> int:
     """Run benchmarks/suite.py from the source tree this xdprx comes from."""
     import runpy
     from pathlib import Path
-    from .errors import ConfigError
     suite = Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py"
     if not suite.exists():
         raise ConfigError("xdprx bench needs the source tree (benchmarks/ next to xdprx/)",
@@ -123,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xdprx", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="receive on an interface queue (daemon)")
-    r.add_argument("iface")
+    r.add_argument("iface", nargs="?", help="interface (or iface in --config)")
+    r.add_argument("--config", metavar="FILE.toml",
+                   help="read options from a TOML file (keys: these long options); "
+                        "the command line overrides it")
     _add_rx_options(r)
     r.add_argument("--control", help="control socket path (default /run/xdprx/IFACE.sock)")
     r.add_argument("--interval", type=float, default=1.0, help="seconds between stat lines")
@@ -134,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-gid", action="append", default=[], metavar="GID",
                    help="members of these groups may connect too (repeatable)")
     r.set_defaults(fn=cmd_run)
+    ap.run_parser = r  # type: ignore[attr-defined]  # parse_args applies --config to it
     c = sub.add_parser("subscribe", help="consume a running daemon's packets in this process")
     c.add_argument("iface", nargs="?", help="the daemon's interface (or use --control)")
     c.add_argument("--control", help="the daemon's control socket")
@@ -153,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_stats)
+    dr = sub.add_parser("doctor", help="check the kernel, privileges, libraries and an interface")
+    dr.add_argument("iface", nargs="?", help="also check this interface")
+    dr.add_argument("--group", action="append", default=[], metavar="G:PORT",
+                    help="check that this group is joined on IFACE (repeatable)")
+    dr.add_argument("--json", action="store_true", help="the checks as JSON")
+    dr.set_defaults(fn=cmd_doctor)
     b = sub.add_parser("bench", help="xdprx against the kernel path and a C AF_XDP loop")
     b.add_argument("--quick", action="store_true", help="a smoke run under 2 minutes")
     b.add_argument("--out", help="report directory (default benchmarks/out/report)")
@@ -167,12 +183,32 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse @argv; for `run --config FILE` parse again with the file's values as
+    the defaults, so the command line overrides the file."""
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if a.cmd == "run" and a.config:
+        from .config import apply
+        lists = apply(ap.run_parser, a.config)
+        a = ap.parse_args(argv)
+        for k, v in lists.items():
+            if not getattr(a, k):   # a list on the command line replaces the file's
+                setattr(a, k, v)
+    return a
+
+
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    cmd, a = None, None
     try:
+        a = parse_args(argv)
+        cmd = a.cmd
         return a.fn(a)
     except XdprxError as e:
         print(f"xdprx: error: {e}", file=sys.stderr)
+        if cmd == "run" and not isinstance(e, ConfigError):
+            print(f"xdprx: hint: run `xdprx doctor {a.iface or 'IFACE'}` for a full check",
+                  file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

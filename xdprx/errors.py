@@ -29,7 +29,7 @@ class PermissionProblem(XdprxError, PermissionError):
 
 
 NEED_PRIVS = ("run as root, or grant CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and "
-              "CAP_SYS_ADMIN (e.g. sudo xdprx ...)")
+              "CAP_SYS_ADMIN (systemd: AmbientCapabilities=, see examples/xdprx@.service)")
 
 
 def from_errno(what: str, err: int, remedy: str = "") -> XdprxError:
