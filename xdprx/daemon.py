@@ -15,6 +15,7 @@ import time
 from typing import TextIO
 
 from .control import ControlServer, Peer, Reply
+from .notify import Notifier
 from .cring import reopen_readonly
 from .receiver import Receiver
 
@@ -68,6 +69,7 @@ class Daemon:
                  nice: int | None = -10) -> None:
         self.rx = rx
         self.nice = nice
+        self.notify = Notifier()     # systemd Type=notify; a no-op without NOTIFY_SOCKET
         self.out = out
         self.interval = interval
         self.json_lines = json_lines
@@ -143,8 +145,12 @@ class Daemon:
             if self.control:
                 print(f"xdprx: control socket {self.control.path}", file=self.out, flush=True)
             rx_thread.start()
+            self.notify.ready(f"receiving on {self.rx.describe()}")
             while not self.stopping:
                 now = time.monotonic()
+                # the main thread pings: a receive loop that stopped answering
+                # shows up as stats() timing out below, and the pings stop
+                self.notify.watchdog(now)
                 wait = last + self.interval - now
                 if duration is not None:
                     wait = min(wait, t0 + duration - now)
@@ -154,13 +160,16 @@ class Daemon:
                     break
                 if now - last >= self.interval and not self.stopping:
                     st = self.rx.stats()
+                    line = format_line(st, prev, now - last)
                     if self.json_lines:
                         print(json.dumps(st), file=self.out, flush=True)
                     else:
-                        print(format_line(st, prev, now - last), file=self.out, flush=True)
+                        print(line, file=self.out, flush=True)
+                    self.notify.status(line)
                     self._log_switches(st)
                     prev, last = st, now
         finally:
+            self.notify.stopping("stopping: leaving groups, detaching")
             self.rx.stop()
             rx_thread.join(timeout=30)
             for s, h in self._old.items():
