@@ -1,5 +1,7 @@
-"""xdprx fan-out contender: one Receiver and N in-process consumers on one
-thread; every consumer reads the first 64 bytes of every packet it gets.
+"""xdprx fan-out contender: one Receiver serving N in-process consumers, the
+receive loop and every consumer compiled (Receiver.start(): the receive loop
+on its own thread; each consumer's run(handler) on a thread of its own, GIL
+released); every consumer reads the first 64 bytes of every packet it gets.
 
     fanout_rx.py IFNAME SECONDS N MODE
 prints "ready", waits for the first packet, measures SECONDS, prints JSON.
@@ -10,14 +12,15 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import threading
 import time
 
 import numpy as np
 
 import xdprx
 from xdprx import bulk
-from serve import NB, Requests, account, hist_json
-from touch_rx import touch64
+from xdprx.consumer import prepare
+from serve import H_CHECK, H_GOT, H_HIST, Requests, account_h, handler_state, hist_json
 
 
 def cpu_seconds() -> float:
@@ -25,65 +28,58 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def serve(rx: xdprx.Receiver, cons: list) -> None:
-    req, answered, acc = Requests(), 0, 0
-    hist = np.zeros(NB, np.int64)
-    got = np.zeros(len(cons), np.int64)
-    c0 = cpu_seconds()
-    while not req.closed:
-        rx.pump(timeout=0.01)
-        for i, c in enumerate(cons):
-            b = c.recv(timeout=0)
-            n = len(b)
-            if n:
-                acc += account(b, hist)
-                got[i] += n
-        if req.asked > answered:
-            st = rx.stats()
-            answered = req.answer(answered, deliveries=int(got.sum()),
-                                  min_per_consumer=int(got.min()), cpu=cpu_seconds() - c0,
-                                  xsk_drops=st["drops"], check=acc & 1,
-                                  consumer_drops=sum(c["dropped"] for c in st["consumers"]),
-                                  latency=hist_json(hist))
-            hist[:] = 0
-
-
 def main() -> None:
     ifname, seconds, n, mode = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     with xdprx.Receiver(ifname, ["239.1.2.3:5000"], mode=mode, frames=8192) as rx:
-        cons = [rx.subscribe(ring_size=4096, batch_size=1024, spin=0) for _ in range(n)]
-        touch64(rx.umem.area, np.zeros(1, np.uint64) + 4096, 0)
+        cons = [rx.subscribe(ring_size=4096, batch_size=1024) for _ in range(n)]
+        states = [handler_state() for _ in cons]
+        prepare(account_h)
+        rx.start(nice=-10)
+        threads = [threading.Thread(target=c.run, args=(account_h, st), daemon=True)
+                   for c, st in zip(cons, states)]
+        for t in threads:
+            t.start()
         print("ready", flush=True)
+        got = lambda: sum(int(st[H_GOT]) for st in states)   # noqa: E731
         if seconds == 0:
-            serve(rx, cons)
-            for c in cons:
-                c.close()
-            return
-        deadline = time.monotonic() + 30
-        while rx.pump(timeout=0.5) == 0 and time.monotonic() < deadline:
-            pass
-        acc = 0
-        t0 = time.monotonic()
-        c0 = cpu_seconds()
-        base = [int(c.counts[0]) for c in cons]
-        rx0 = int(rx.counters[bulk.S_PACKETS])
-        while time.monotonic() - t0 < seconds:
-            rx.pump(timeout=0.01)
-            for c in cons:
-                b = c.recv(timeout=0)
-                if len(b):
-                    acc += touch64(b.umem, b.offsets, len(b))
-        dt = time.monotonic() - t0
-        cpu = cpu_seconds() - c0
-        deliveries = sum(int(c.counts[0]) - b for c, b in zip(cons, base))
-        packets = int(rx.counters[bulk.S_PACKETS]) - rx0
-        st = rx.stats()
-        dropped = sum(c["dropped"] for c in st["consumers"])
+            req, answered = Requests(), 0
+            c0 = cpu_seconds()
+            last = np.zeros(len(states[0]) - H_HIST, np.int64)
+            while not req.closed:
+                time.sleep(0.005)
+                if req.asked > answered:
+                    st = rx.stats()
+                    h = sum(s[H_HIST:] for s in states)
+                    answered = req.answer(
+                        answered, deliveries=got(), min_per_consumer=min(int(s[H_GOT]) for s in states),
+                        cpu=cpu_seconds() - c0, xsk_drops=st["drops"],
+                        consumer_drops=sum(c["dropped"] for c in st["consumers"]),
+                        check=sum(int(s[H_CHECK]) for s in states) & 1,
+                        latency=hist_json(h - last))
+                    last = h
+        else:
+            deadline = time.monotonic() + 30
+            while got() == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            t0 = time.monotonic()
+            c0 = cpu_seconds()
+            base, rx0 = got(), int(rx.counters[bulk.S_PACKETS])
+            time.sleep(seconds)
+            dt = time.monotonic() - t0
+            cpu = cpu_seconds() - c0
+            deliveries, packets = got() - base, int(rx.counters[bulk.S_PACKETS]) - rx0
+            st = rx.stats()
+        for c in cons:
+            c.stop()
+        for t in threads:
+            t.join(timeout=10)
         for c in cons:
             c.close()
-    print(json.dumps({"deliveries": deliveries, "packets": packets, "seconds": dt, "cpu": cpu,
-                      "consumer_drops": dropped, "xsk_drops": st["drops"],
-                      "check": int(acc & 1)}))
+    if seconds:
+        print(json.dumps({"deliveries": deliveries, "packets": packets, "seconds": dt,
+                          "cpu": cpu, "consumer_drops": sum(c["dropped"] for c in st["consumers"]),
+                          "xsk_drops": st["drops"],
+                          "check": sum(int(s[H_CHECK]) for s in states) & 1}))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""xdprx contender: Receiver, reading the first 64 bytes of every packet in a
-Numba function over the batch arrays (the way the README tells users to).
+"""xdprx contender: Receiver.run(handler), the compiled receive loop calling
+an njit handler that reads the first 64 bytes of every packet (as the C loop).
 
-    touch_rx.py [--spin N] IFNAME SECONDS MODE [BATCH] [CACHE|-] [NUMA] [SYSFS_ROOT]
+    touch_rx.py [--spin US] [--recv] IFNAME SECONDS MODE [BATCH] [CACHE|-] [NUMA] [SYSFS_ROOT]
 
---spin 0 is poll mode: block in poll() as soon as the ring is empty."""
+--spin 0 is poll mode: block in ppoll() as soon as the ring is empty; --spin
+US busy-polls that long first. --recv: the Python API instead (recv() per
+batch, touch64 over the batch arrays)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +16,7 @@ import numpy as np
 from numba import njit
 
 import xdprx
+from xdprx.consumer import prepare
 from xdprx.numa import Topology
 
 ETH_IP_UDP = 42  # header bytes in front of the payload (IPv4, no VLAN)
@@ -31,12 +34,22 @@ def touch64(umem, offsets, n):
     return s
 
 
+@njit(cache=True, nogil=True)
+def touch_h(umem, offsets, lengths, seqs, groups, state):
+    """The handler: touch64 of the batch; state = [packets, checksum]."""
+    state[1] += touch64(umem, offsets, offsets.shape[0])
+    state[0] += offsets.shape[0]
+    return 0
+
+
 def main() -> None:
-    argv, spin = sys.argv, 64
+    argv, spin = sys.argv, 1000
     if "--spin" in argv:
         i = argv.index("--spin")
         spin = int(argv[i + 1])
         argv = argv[:i] + argv[i + 2:]
+    use_recv = "--recv" in argv
+    argv = [a for a in argv if a != "--recv"]
     sys.argv = argv
     ifname, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     batch = int(sys.argv[4]) if len(sys.argv) > 4 else 256
@@ -46,6 +59,7 @@ def main() -> None:
     with xdprx.Receiver(ifname, ["239.1.2.3:5000"], mode=mode, batch_size=batch,
                         cache=cache, numa=numa, topology=topo, spin=spin) as rx:
         touch64(rx.umem.area, np.zeros(1, np.uint64) + 4096, 0)
+        prepare(touch_h)
         print("ready", flush=True)
         # wait for the first packet, then measure a fixed window
         first = rx.recv(timeout=30)
@@ -53,14 +67,20 @@ def main() -> None:
         t0 = time.monotonic()
         import resource
         c0 = resource.getrusage(resource.RUSAGE_SELF)
-        while True:
-            b = rx.recv(timeout=0.05)
-            n = len(b)
-            if n:
-                acc += touch64(b.umem, b.offsets, n)
-                pkts += n
-            if time.monotonic() - t0 >= seconds:
-                break
+        if use_recv:
+            while True:
+                b = rx.recv(timeout=0.05)
+                n = len(b)
+                if n:
+                    acc += touch64(b.umem, b.offsets, n)
+                    pkts += n
+                if time.monotonic() - t0 >= seconds:
+                    break
+        else:
+            first.release()
+            state = np.zeros(2, np.int64)
+            rx.run(touch_h, state, duration=seconds)
+            pkts, acc = pkts + int(state[0]), int(state[1])
         dt = time.monotonic() - t0
         c1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)

@@ -92,8 +92,8 @@ def test_concurrent_first_imports_share_one_cache(tmp_path):
     later start loads every kernel from the cache."""
     env = dict(os.environ, XDPRX_CACHE_DIR=str(tmp_path))
     env.pop("NUMBA_CACHE_DIR", None)
-    code = ("import xdprx.context as c; c.warm(); "
-            "print(sum(len(k.stats.cache_hits) for k in (c.rx_burst_ctx, c.release_ctx)))")
+    code = ("import xdprx.receiver as r, xdprx.loop as c; r.warm(); "
+            "print(sum(len(k.stats.cache_hits) for k in (c.rx_loop, c.rx_recv)))")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(6)]
     outs = [p.communicate(timeout=300) for p in procs]

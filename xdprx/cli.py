@@ -48,14 +48,17 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise ConfigError("no interface given", remedy="pass IFACE (or iface = \"...\" in --config)")
     parse_groups(a.group)  # report bad input before touching the system
     parse_numa(a.numa)
+    if not -20 <= a.nice <= 19:
+        raise ConfigError(f"--nice {a.nice} out of range", remedy="use -20..19")
     uids, gids = parse_ids(a.allow_uid, "uid"), parse_ids(a.allow_gid, "gid")
     rx = Receiver(a.iface, a.group, queue=a.queue, mode=a.mode, frames=a.frames,
                   frame_size=a.frame_size, batch_size=a.batch, max_frames=a.max_frames,
                   hugepages=a.hugepages, reserve=a.reserve, numa=a.numa,
-                  topology=Topology(a.numa_sysfs))
+                  topology=Topology(a.numa_sysfs), spin=a.spin, wake_batch=a.wake_batch,
+                  wake_usecs=a.wake_usecs)
     try:
         d = Daemon(rx, a.control or default_path(a.iface), interval=a.interval,
-                   json_lines=a.json, allow_uids=uids, allow_gids=gids)
+                   json_lines=a.json, allow_uids=uids, allow_gids=gids, nice=a.nice)
         d.serve(duration=a.duration)
     finally:
         rx.close()
@@ -142,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these users (and root) may connect (names or numbers, repeatable)")
     r.add_argument("--allow-gid", action="append", default=[], metavar="GID",
                    help="members of these groups may connect too (repeatable)")
+    r.add_argument("--nice", type=int, default=-10,
+                   help="nice value of the receive thread (default -10: consumers sharing its "
+                        "CPU cannot starve it)")
+    r.add_argument("--spin", type=int, default=0, metavar="US",
+                   help="busy-poll an empty ring this long before sleeping (default 0: on a "
+                        "shared core a spin steals the CPU from the work it waits for)")
+    r.add_argument("--wake-batch", type=int, default=None, metavar="N",
+                   help="wake a sleeping subscriber once N packets wait for it (default 64; "
+                        "a subscriber may ask for its own)")
+    r.add_argument("--wake-usecs", type=int, default=None, metavar="US",
+                   help="... or this long after the first one (default 50)")
     r.set_defaults(fn=cmd_run)
     ap.run_parser = r  # type: ignore[attr-defined]  # parse_args applies --config to it
     c = sub.add_parser("subscribe", help="consume a running daemon's packets in this process")

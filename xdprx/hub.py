@@ -38,8 +38,17 @@ class Entry:
 
 class Hub:
     def __init__(self, nsubs: int, ring: int, cap: int, reserve: int | None = None,
-                 max_consumers: int = MAX_CONSUMERS) -> None:
+                 max_consumers: int = MAX_CONSUMERS, wake_batch: int | None = None,
+                 wake_usecs: int | None = None) -> None:
         self.nsubs = nsubs
+        # defaults for consumers that do not choose their own
+        self.wake_batch = WAKE_BATCH if wake_batch is None else wake_batch
+        self.wake_usecs = WAKE_USECS if wake_usecs is None else wake_usecs
+        if not 1 <= self.wake_batch <= 65536:
+            raise ConfigError(f"wake_batch {self.wake_batch} out of range", remedy="use 1..65536")
+        if not 0 <= self.wake_usecs <= 1_000_000:
+            raise ConfigError(f"wake_usecs {self.wake_usecs} out of range",
+                              remedy="use 0 (wake at once) .. 1000000")
         self.ctab = np.zeros((max_consumers, B.NCOL), np.int64)
         self.hub = np.zeros(B.N_HUB, np.int64)
         self.cap = cap
@@ -67,8 +76,9 @@ class Hub:
                               remedy=f"use 1..{min(ring_size, room)} (ring size and the "
                                      f"pool's {room} frames not kept for the FILL ring)")
         # a wake-up batch the quota cannot reach would leave only the timer
-        wake_batch = min(WAKE_BATCH, max(1, quota // 2)) if wake_batch is None else wake_batch
-        wake_usecs = WAKE_USECS if wake_usecs is None else wake_usecs
+        if wake_batch is None:
+            wake_batch = min(self.wake_batch, max(1, quota // 2))
+        wake_usecs = self.wake_usecs if wake_usecs is None else wake_usecs
         if not 1 <= wake_batch <= quota:
             raise ConfigError(f"wake_batch {wake_batch} out of range",
                               remedy=f"use 1..{quota} (the consumer's quota)")

@@ -429,6 +429,8 @@ def warm_rx() -> None:
     taking a handler are then closed to new signatures: a handler passed in
     converts to the one first-class function type instead of compiling (and
     failing to cache) one loop per handler."""
+    if not rx_loop._can_compile:
+        return                      # done in this process already
     rx_loop.compile((CTX, RO_U8, HANDLER, STATE))
     rx_loop.disable_compile()
     rx_recv.compile((CTX, I64))
@@ -441,6 +443,8 @@ def warm_rx() -> None:
 
 def warm_consumer() -> None:
     """A consumer's kernels (caller holds jit.cache_lock)."""
+    if not cons_run._can_compile:
+        return
     cons_recv.compile((CTX, I64))
     cons_done.compile((CTX,))
     cons_run.compile((CTX, RO_U8, HANDLER, STATE, I64))

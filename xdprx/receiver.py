@@ -62,7 +62,8 @@ class Receiver:
                  cache: int | None = None, chunk: int | None = None,
                  spill_at: int | None = None, trim_after: float | None = 5.0,
                  numa: str | int = "auto", topology: "numa_mod.Topology | None" = None,
-                 numa_window: int = 4, numa_every: int = 64) -> None:
+                 numa_window: int = 4, numa_every: int = 64,
+                 wake_batch: int | None = None, wake_usecs: int | None = None) -> None:
         self.groups = parse_groups(groups)
         if mode not in ("auto", "native", "skb"):
             raise ConfigError(f"unknown mode {mode!r}", remedy="use auto, native or skb")
@@ -90,7 +91,7 @@ class Receiver:
         self._stack = contextlib.ExitStack()
         # checks the reserve: before anything is attached
         self.hub = Hub(len(self.groups), frames, frames if max_frames is None else max_frames,
-                       reserve)
+                       reserve, wake_batch=wake_batch, wake_usecs=wake_usecs)
         self.topology = topology or numa_mod.Topology()
         self.policy, nodes = self._numa_setup(numa, numa_window)
         if not 1 <= numa_every <= 1 << 20:
@@ -330,6 +331,7 @@ class Receiver:
                     self._check_open()
                     self._run_ops()
                     if self._ctl[loop.K_STOP]:
+                        self.counters[bulk.S_RET_STOP] += 1   # seen here, not in the loop
                         break
                     self._ctl[loop.K_SELF_REF] = handler is not None
                     if end is not None:

@@ -166,7 +166,8 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
             st[1] += missed
             u32[w + F.W_REFCNT] = refs
         if k:
-            bulk.publish(ctab, hub, wake)
+            hub[bulk.H_NWAKE] = 0           # no sleepers here: the consumer polls
+            bulk.publish(ctab, hub, wake, 0)
             st[0] += k
         if st[0] == count and pool[3][0, P_HELD] == 0:
             return 1
