@@ -339,6 +339,8 @@ class Receiver:
                     r = loop.rx_loop(self._ctx, self._area_ro, h, state)
                     if r == loop.R_TICK:
                         self._ticks()
+                if r == loop.R_STOP:
+                    break
                 if r == loop.R_HANDLER:
                     why = "handler"
                     break
