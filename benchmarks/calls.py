@@ -56,7 +56,15 @@ def subscriber(control: str, calls: int, reps: int) -> dict:
 
 
 def run(calls: int = 200_000, reps: int = 5) -> dict:
+    before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {1})
+    try:
+        return _run(calls, reps)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _run(calls: int, reps: int) -> dict:
     with VethPair() as pair, tempfile.TemporaryDirectory(prefix="xrx-calls-") as d:
         out = in_process(pair, calls, reps)
         ctl = f"{d}/x.sock"

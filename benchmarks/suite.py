@@ -12,10 +12,17 @@ alone on CPU 1. Saturation throughput, median of --reps runs of --seconds
 (contenders interleaved within a rep):
   xdp_drop        an XDP_DROP program: the ceiling of this veth
   c_spin, c_poll  a C AF_XDP loop on libxdp (c/rxloop.c)
-  xdprx           Receiver, one Numba function over each batch (spin, then poll)
+  xdprx           Receiver.run(handler): the compiled receive loop calling an njit
+                  handler per batch (spin 1 ms, then ppoll)
   xdprx_poll      the same in poll mode (spin=0), beside c_poll
+  xdprx_recv      the Python API: Receiver.recv() per batch (spin=0)
   kernel/N        N UDP sockets joined to the group, recvmmsg (c/udprx.c)
   xdprx/N         Receiver + N in-process consumers (fanout_rx.py)
+
+Separate processes, oversubscribed (procfan.py): `xdprx run` + 16 Subscriber
+processes against 16 kernel sockets, the AF_PACKET generator flat out on CPU 0;
+user space all on CPU 1 ("shared"), or the daemon on CPU 0 ("daemon-core").
+Call costs (calls.py): an empty recv(timeout=0) of each API.
 
 Placement B: all receive work on CPU 1 (threaded NAPI pinned next to the
 contender, lossfree.py). Saturation for c_poll and xdprx as above; then for
@@ -41,7 +48,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import calls  # noqa: E402
 import lossfree  # noqa: E402
+import procfan  # noqa: E402
 from bench import OUT, _cpu_model, build, measure  # noqa: E402
 from fanout import run_one  # noqa: E402
 
@@ -79,7 +88,8 @@ def saturation(seconds: float, ns: tuple[int, ...]) -> dict:
     touch = [sys.executable, str(HERE / "touch_rx.py"), VethPair.rx_if, s, "native"]
     c = {"A xdp_drop": ("drop", None), "A c_spin": ("pps", rxloop + ["spin"]),
          "A c_poll": ("pps", rxloop + ["poll"]), "A xdprx": ("pps", touch),
-         "A xdprx_poll": ("pps", touch[:2] + ["--spin", "0"] + touch[2:])}
+         "A xdprx_poll": ("pps", touch[:2] + ["--spin", "0"] + touch[2:]),
+         "A xdprx_recv": ("pps", touch[:2] + ["--spin", "0", "--recv"] + touch[2:])}
     for n in ns:
         c[f"A kernel/{n}"] = ("kernel", [str(OUT / "udprx"), VethPair.rx_if, "239.1.2.3",
                                          "5000", str(n), s])
@@ -128,7 +138,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def targets(s: dict, b: dict, ns: tuple[int, ...]) -> list[dict]:
+def targets(s: dict, b: dict, ns: tuple[int, ...], pf: dict | None = None,
+            cc: dict | None = None) -> list[dict]:
     """The project's targets, met or not and by how much, from this run."""
     def ratio(x, y) -> float | None:
         return x / y if x is not None and y else None
@@ -154,6 +165,18 @@ def targets(s: dict, b: dict, ns: tuple[int, ...]) -> list[dict]:
                                        f"deliveries/s at N={n} (B)", "value": v, "goal": goal,
                              "higher_is_better": True,
                              "floor": b.get(f"B {who}/{n}", {}).get("generator_bound", False)})
+    if pf:
+        for k, label in (("shared", "all user space on CPU 1"),
+                         ("daemon_core", "the daemon on CPU 0, consumers on CPU 1")):
+            rows.append({"target": f"separate-process fan-out, N={pf['n']}, {label}: >= "
+                                   f"{GOALS['proc'][16]:g}x the kernel's {pf['n']} sockets in "
+                                   f"deliveries/s (AF_PACKET generator flat out)",
+                         "value": pf[f"ratio_{k}"], "goal": GOALS["proc"][16],
+                         "higher_is_better": True})
+    for name, v in (cc or {}).items():
+        rows.append({"target": f"empty {name} <= {v['goal_us']} us (absolute, us)",
+                     "value": v["us_median"], "goal": v["goal_us"], "higher_is_better": False,
+                     "unit": "us"})
     lo, hi = min(ns), max(ns)
     for who in ("xdprx", "xdprx-proc", "kernel"):
         a, z = b.get(f"B {who}/{lo}", {}), b.get(f"B {who}/{hi}", {})
@@ -164,8 +187,8 @@ def targets(s: dict, b: dict, ns: tuple[int, ...]) -> list[dict]:
                      "goal": GOALS["latency_p99"], "higher_is_better": False})
     for r in rows:
         v = r["value"]
-        r["met"] = None if v is None else (v >= r["goal"] if r["higher_is_better"]
-                                           else v <= r["goal"])
+        r["met"] = None if v is None else bool(v >= r["goal"] if r["higher_is_better"]
+                                                else v <= r["goal"])
         if r["met"] is False:
             r["missed_by"] = (f"{(1 - v / r['goal']) * 100:.0f}% short" if r["higher_is_better"]
                               else f"{(v / r['goal'] - 1) * 100:.0f}% over")
@@ -215,10 +238,26 @@ def markdown(report: dict) -> str:
             f"{_fmt_m(r['deliveries_per_s_max'])}) | {'n/a' if cpu is None else f'{cpu:.0f}'} | "
             f"{_fmt_us(r['latency_p50_us'])} | {_fmt_us(r['latency_p99_us'])} | "
             f"{_fmt_us(r['latency_p99.9_us'])} | {r['latency_batches']} |")
+    pf = report.get("procfan")
+    if pf:
+        lines += ["", f"## Separate processes on a shared core: N={pf['n']}, AF_PACKET generator "
+                      f"flat out on CPU 0, median of {pf['reps']} x {pf['seconds']} s", "",
+                  "| contender | M deliveries/s (median) | runs |", "|---|---|---|"]
+        for k, v in pf["median_deliveries_per_s"].items():
+            runs = ", ".join(f"{r['deliveries_per_s'] / 1e6:.3f}" for r in pf["runs"][k])
+            lines.append(f"| {k} | {v / 1e6:.3f} | {runs} |")
+    cc = report.get("calls")
+    if cc:
+        lines += ["", "## An empty recv(timeout=0), pinned to CPU 1 (us per call)", "",
+                  "| call | median | min-max |", "|---|---|---|"]
+        for k, v in cc.items():
+            lines.append(f"| `{k}` | {v['us_median']:.2f} | {v['us_min']:.2f}-{v['us_max']:.2f} |")
     lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for t in report["targets"]:
-        v = "n/a" if t["value"] is None else (">= " if t.get("floor") else "") + f"{t['value']:.2f}x"
-        g = "" if t["goal"] is None else f"{t['goal']:g}x"
+        unit = " us" if t.get("unit") == "us" else "x"
+        v = "n/a" if t["value"] is None else (">= " if t.get("floor") else "") + \
+            f"{t['value']:.2f}{unit}"
+        g = "" if t["goal"] is None else f"{t['goal']:g}{unit}"
         met = {True: "yes", False: f"no, {t.get('missed_by', '')}", None: "not measured"}[t["met"]]
         lines.append(f"| {t['target']} | {v} | {g} | {met} |")
     lines += [""] + [f"![{p}]({p})" for p in report["plots"]]
@@ -334,6 +373,8 @@ def run(quick: bool = False, out: str | None = None, reps: int | None = None,
                       f"{' (generator-bound)' if sm['generator_bound'] else ''}; latency "
                       f"p50/p99/p99.9 {sm['latency_p50_us']}/{sm['latency_p99_us']}/"
                       f"{sm['latency_p99.9_us']} us", flush=True)
+    pf = procfan.run(16, seconds, reps)
+    cc = calls.run(100_000 if quick else 300_000, reps + 2)
     lf = {k: lossfree.summarize(v, int(k.rsplit("/", 1)[1])) for k, v in raw_b.items()}
     for k, v in raw_b.items():
         for x in v["latency_runs"] + [p for sr in v["searches"] for p in sr["probes"]]:
@@ -349,8 +390,8 @@ def run(quick: bool = False, out: str | None = None, reps: int | None = None,
               "seconds": seconds, "probe_seconds": probe_s, "latency_rate": lat_rate,
               "loss_threshold": lossfree.LOSS, "grace_seconds": lossfree.GRACE,
               "ns": list(ns), "wall_seconds": None, "summary": summarize(runs), "lossfree": lf,
-              "runs": runs, "lossfree_runs": raw_b}
-    report["targets"] = targets(report["summary"], lf, ns)
+              "runs": runs, "lossfree_runs": raw_b, "procfan": pf, "calls": cc}
+    report["targets"] = targets(report["summary"], lf, ns, pf, cc)
     report["plots"] = plots(report, outdir)
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
     (outdir / "report.json").write_text(json.dumps(report, indent=2))

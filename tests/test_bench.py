@@ -5,7 +5,8 @@ import json
 import subprocess
 import sys
 
-EXPECTED = {"A xdp_drop", "A c_spin", "A c_poll", "A xdprx", "A xdprx_poll", "A kernel/1",
+EXPECTED = {"A xdp_drop", "A c_spin", "A c_poll", "A xdprx", "A xdprx_poll", "A xdprx_recv",
+            "A kernel/1",
             "A kernel/16", "A xdprx/1", "A xdprx/16", "B c_poll", "B xdprx"}
 LOSSFREE = {f"B {who}/{n}" for who in ("kernel", "xdprx", "xdprx-proc") for n in (1, 16)}
 
@@ -34,6 +35,13 @@ def test_bench_quick_writes_a_well_formed_report(pair, tmp_path):
         assert b["latency_batches"] > 0 and 0 <= b["latency_loss_max"] <= 1, name
         for probe in rep["lossfree_runs"][name]["searches"][0]["probes"]:
             assert probe["sent"] > 0 and 0 <= probe["deliveries"] <= probe["sent"] * b["n"]
+    # separate processes on a shared core, and the call costs
+    pf = rep["procfan"]
+    assert set(pf["median_deliveries_per_s"]) == {"kernel", "xdprx shared", "xdprx daemon-core"}
+    assert all(v > 0 for v in pf["median_deliveries_per_s"].values())
+    assert set(rep["calls"]) == {"Receiver.recv(timeout=0)", "Receiver.pump(timeout=0)",
+                                 "Consumer.recv(timeout=0)", "Subscriber.recv(timeout=0)"}
+    assert all(0 < c["us_median"] < 1000 for c in rep["calls"].values())
     for t in rep["targets"]:
         assert t["met"] in (True, False, None) and t["target"]
         assert (t["value"] is None) == (t["met"] is None)

@@ -55,12 +55,13 @@ from .ring import U32, cons_release, needs_wakeup
 
 # ---- control words of a loop (ctl) ---------------------------------------------
 (K_STOP, K_ATTN, K_DEADLINE, K_NUMA_NEXT, K_SPIN_NS, K_REFILL_MIN, K_SELF_REF, K_HELD,
- K_SHIFT, K_BATCH, K_RELEASES, K_GONE, K_DUE) = range(13)
-# K_HELD: entries/frames of the caller's current batch; K_DUE: rx_recv saw a
-# tick due; consumers only: K_SHIFT frame size log2, K_BATCH max batch,
+ K_SHIFT, K_BATCH, K_RELEASES, K_GONE) = range(12)
+# K_HELD: entries/frames of the caller's current batch; consumers only:
+# K_SHIFT frame size log2, K_BATCH max batch,
 # K_RELEASES batches let go, K_GONE daemon gone
 N_CTL = 16
 FOREVER = np.int64(1) << 62
+TICK_DUE = 1 << 40          # added to rx_recv's result: a tick is due
 
 # why a loop returned (also counted in stats)
 R_STOP, R_ATTN, R_TICK, R_HANDLER, R_GONE, R_TIMEOUT = range(6)
@@ -225,9 +226,9 @@ def rx_recv(ctx, timeout_ns):
     """Release the caller's last batch, then receive: with K_SELF_REF a batch
     for the caller (returns its size, K_HELD frames held), else one burst for
     the consumers (returns its packets). Waits up to @timeout_ns (< 0:
-    forever). Returns 0 on timeout, -1 when K_ATTN is set, -2 when
-    a tick is due (K_DEADLINE, K_NUMA_NEXT) first: call again after it. K_DUE
-    is set when a tick is due after a batch."""
+    forever). Returns 0 on timeout, -1 when K_ATTN is set, -2 when a tick
+    (K_DEADLINE, K_NUMA_NEXT) is due first: call again after it. A result
+    with TICK_DUE added means: a tick is due, after this batch."""
     stats, ctl = a1(ctx, X.STATS, np.int64), a1(ctx, X.CTL, np.int64)
     fn, scratch = a1(ctx, X.FN, np.uint64), a1(ctx, X.SCRATCH, np.int64)
     if ctl[K_HELD] > 0:
@@ -241,15 +242,14 @@ def rx_recv(ctx, timeout_ns):
         packets = stats[bulk.S_PACKETS]
         n, due = rx_step(ctx, self_ref, now)
         tick = now >= ctl[K_DEADLINE] or stats[bulk.S_BATCHES] >= ctl[K_NUMA_NEXT]
-        if tick:
-            ctl[K_DUE] = 1
+        flag = TICK_DUE if tick else 0
         if self_ref and n > 0:
             ctl[K_HELD] = n
-            return n
+            return n + flag
         if not self_ref and stats[bulk.S_BATCHES] != batches:
-            return stats[bulk.S_PACKETS] - packets
+            return stats[bulk.S_PACKETS] - packets + flag
         if now >= end:
-            return 0
+            return flag
         if tick:
             return -2
         if load_relaxed(ctl[K_ATTN:]) != 0:

@@ -147,7 +147,7 @@ class Receiver:
         self._scratch = np.zeros(4, np.int64)
         # held around every kernel call and consumer-table change; while a
         # compiled loop runs, other threads hand their changes to it (_on_loop)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._ops_lock = threading.Lock()
         self._ops: list = []
         self._serving: int | None = None       # the thread running serve()/run()
@@ -157,6 +157,8 @@ class Receiver:
         self._gen = self.hub.generation
         self._ctx = self._make_context()
         self._ticks_reset()
+        self._self_ref = 0
+        self._empty = Batch(self, 0)
         loop.rx_recv(self._ctx, 0)  # prime the FILL ring before traffic
 
     def _make_context(self) -> np.ndarray:
@@ -237,7 +239,7 @@ class Receiver:
         state quiet: under the lock. A thread inside a compiled call (serve(),
         run(), recv(), pump()) holds the lock; it is asked to come back (K_ATTN
         and the attention eventfd) and runs @fn before it goes on."""
-        if self._lock.acquire(blocking=False):     # nobody receives (or we do)
+        if self._lock.acquire(blocking=False):     # nobody receives
             try:
                 self._run_ops()
                 return fn()
@@ -275,7 +277,6 @@ class Receiver:
         """When the loop must come back for maintenance (every 100 ms) and NUMA."""
         self._ctl[loop.K_DEADLINE] = time.monotonic_ns() + 100_000_000
         self._ctl[loop.K_NUMA_NEXT] = self._numa_next
-        self._ctl[loop.K_DUE] = 0
 
     def _ticks(self) -> None:
         """Maintenance and the NUMA policy, when due (under the lock)."""
@@ -351,6 +352,7 @@ class Receiver:
             with self._ops_lock:
                 self._serving = None
                 self._ctl[loop.K_STOP] = 0
+                self._self_ref = -1            # recv() sets K_SELF_REF again
             with self._lock:
                 self._run_ops()
             self._served.set()
@@ -383,35 +385,50 @@ class Receiver:
                 loop.rx_release(self._ctx)
 
     def _recv(self, self_ref: int, timeout: float | None) -> int:
-        end = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+        """One compiled call (rx_recv) in the common case; the slow path runs
+        other threads' requests and the maintenance / NUMA ticks."""
         tns = -1 if timeout is None else int(timeout * 1e9)
+        start = time.monotonic_ns() if tns > 0 else 0
         while True:
             with self._lock:
-                self._check_open()
-                if self._serving is not None:
-                    raise XdprxError("serve()/run() is receiving on this Receiver", E.EBUSY,
-                                     "read through a consumer (subscribe()) instead")
-                if self._ops:
-                    self._run_ops()
-                self._ctl[loop.K_SELF_REF] = self_ref
+                if self._closed or self._serving is not None or self._ops:
+                    self._recv_slow_path()
+                if self._self_ref != self_ref:
+                    self._ctl[loop.K_SELF_REF] = self._self_ref = self_ref
                 n = loop.rx_recv(self._ctx, tns)
-                if self._ctl[loop.K_DUE]:
+                if n >= loop.TICK_DUE or n == -2:
                     self._ticks()
             if n >= 0:
-                return n
-            # a tick or another thread's request came first: go on with what is left
-            if end is not None:
-                tns = max(0, end - time.monotonic_ns())
+                return n if n < loop.TICK_DUE else n - loop.TICK_DUE
+            if tns > 0:     # a tick or another thread's request came first: go on
+                tns = max(0, start + int(timeout * 1e9) - time.monotonic_ns())
+
+    def _recv_slow_path(self) -> None:
+        self._check_open()
+        if self._serving is not None:
+            raise XdprxError("serve()/run() is receiving on this Receiver", E.EBUSY,
+                             "read through a consumer (subscribe()) instead")
+        self._run_ops()
 
     def recv(self, timeout: float | None = None) -> Batch:
         """The next batch; empty if @timeout (seconds) passes first. Consumers
         get their references in the same call (one compiled call in all)."""
-        return Batch(self, self._recv(1, timeout))
+        if timeout == 0:        # the polling fast path: one lock, one compiled call
+            with self._lock:
+                if not (self._closed or self._serving is not None or self._ops
+                        or self._self_ref != 1):
+                    n = loop.rx_recv(self._ctx, 0)
+                    if n < loop.TICK_DUE:
+                        return Batch(self, n) if n else self._empty
+                    self._ticks()
+                    return Batch(self, n - loop.TICK_DUE)
+        n = self._recv(1, timeout)
+        return Batch(self, n) if n else self._empty
 
     def pump(self, timeout: float | None = None) -> int:
         """Receive for the consumers only (the application takes no reference):
-        one batch, or nothing within @timeout. Returns the packets received."""
-        self._release_held()
+        one batch, or nothing within @timeout. Returns the packets received
+        (the last recv() batch, if any, is released first)."""
         return self._recv(0, timeout)
 
     def __iter__(self) -> Iterator[Batch]:
