@@ -156,6 +156,8 @@ _decl(libc, "madvise", c_int, c_void_p, c_size_t, c_int)
 _decl(libc, "setns", c_int, c_int, c_int)
 _decl(libc, "if_nametoindex", c_uint, c_char_p)
 _decl(libc, "getcpu", c_int, POINTER(c_uint), POINTER(c_uint))
+_decl(libc, "prctl", c_int, c_int, c_ulong, c_ulong, c_ulong, c_ulong)
+PR_SET_TIMERSLACK = 29
 
 # ---- NUMA memory policy (linux/mempolicy.h): raw syscalls, no libnuma ------
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE = 0, 1, 2, 3
