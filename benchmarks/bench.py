@@ -51,6 +51,32 @@ def contenders(seconds: float, mode: str) -> dict[str, list[str]]:
     }
 
 
+def run_paced(pair: VethPair, argv: list[str], seconds: float, rate: float) -> dict:
+    """As run_pinned, but offered at a fixed @rate by the paced AF_PACKET
+    generator (c/pgen.c) instead of saturated: CPU per packet when the
+    receiver has to wake up for its packets."""
+    rx = pair.popen("rx", ["taskset", "-c", RX_CPU] + argv, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+    try:
+        line = rx.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"receiver did not start: {line} {rx.stderr.read()}")
+        total = seconds + 1.5
+        gen = pair.run("tx", ["taskset", "-c", GEN_CPU, str(OUT / "pgen"), VethPair.tx_if,
+                              str(int(rate)), str(int(rate * total)), str(total * 2)],
+                       timeout=total * 3 + 30)
+        out, err = rx.communicate(timeout=seconds + 60)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    res = json.loads(out.strip().splitlines()[-1])
+    g = json.loads(gen.stdout)
+    res["offered"] = g["sent"]
+    res["offered_pps"] = g["sent"] / g["seconds"]
+    return add_rates(res, "packets", "pps", "cpu_ns_per_pkt")
+
+
 def run_pinned(pair: VethPair, argv: list[str], seconds: float,
                after_ready: Callable[[VethPair], object] | None = None) -> dict:
     """Start the receiver @argv on RX_CPU in the rx namespace, wait for its
