@@ -40,7 +40,8 @@ def test_bench_quick_writes_a_well_formed_report(pair, tmp_path):
     assert set(pf["median_deliveries_per_s"]) == {"kernel", "xdprx shared", "xdprx daemon-core"}
     assert all(v > 0 for v in pf["median_deliveries_per_s"].values())
     assert set(rep["calls"]) == {"Receiver.recv(timeout=0)", "Receiver.pump(timeout=0)",
-                                 "Consumer.recv(timeout=0)", "Subscriber.recv(timeout=0)"}
+                                 "Consumer.recv(timeout=0)", "Subscriber.recv(timeout=0)",
+                                 "Subscriber first recv(timeout=0), fresh process"}
     assert all(0 < c["us_median"] < 1000 for c in rep["calls"].values())
     for t in rep["targets"]:
         assert t["met"] in (True, False, None) and t["target"]

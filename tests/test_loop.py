@@ -57,7 +57,7 @@ def test_serve_thread_feeds_consumers_running_handlers(pair):
         stats = rx.stats()
         r = stats["receiver"]
         assert r["packets"] == n and r["deliveries"] == 3 * n
-        assert r["returns_attention"] >= 4       # three subscribes and a stats()
+        assert r["returns_attention"] >= 1       # subscribes and stats() came through the loop
         assert r["eventfd_writes"] == sum(c["wakeups"] for c in stats["consumers"])
         for c in cons:
             c.close()
@@ -141,12 +141,12 @@ def test_stop_from_another_thread_and_errors(pair):
             rx.serve()
         with pytest.raises(xdprx.XdprxError, match="serve"):
             rx.recv(timeout=0)
-        time.sleep(0.35)
+        time.sleep(1.2)
         rx.stop()
         th.join(timeout=5)
         assert not th.is_alive()
         r = rx.stats()["receiver"]
-        assert r["returns_stop"] == 1 and r["returns_tick"] >= 2   # 100 ms maintenance ticks
+        assert r["returns_stop"] == 1 and r["returns_tick"] >= 2   # 500 ms maintenance ticks
         assert rx.serve(duration=0.2) == "duration"
         rx.start()
     # close() stopped the running loop and everything came back

@@ -16,6 +16,7 @@ import errno as E
 import json
 import mmap
 import os
+import select
 import socket
 import time
 from typing import Iterable, Iterator
@@ -85,8 +86,14 @@ class Reader:
         self._ctl[loop.K_SHIFT] = frame_size.bit_length() - 1
         self._ctl[loop.K_BATCH] = batch_size
         self._ctl[loop.K_SPIN_NS] = spin * 1000
-        fds = [efd, libc.POLLIN] + ([lifeline, libc.POLLIN] if lifeline >= 0 else [])
-        self._pfd = np.array(fds, np.int32)
+        # the sleep: one epoll set (loop.P_*); the eventfd edge-triggered, so
+        # a wake-up needs no read; the lifeline's EOF says the daemon is gone
+        self._ep = select.epoll()
+        self._ep.register(efd, select.EPOLLIN | select.EPOLLET)
+        if lifeline >= 0:
+            self._ep.register(lifeline, select.EPOLLIN | select.EPOLLRDHUP)
+        self._pfd = np.full(loop.N_PFD, -1, np.int32)
+        self._pfd[loop.P_EPFD], self._pfd[loop.P_LIFELINE] = self._ep.fileno(), lifeline
         self._scratch = np.zeros(4, np.int64)
         self._cctx = context.make({
             "prod": views.prod, "slots": views.slots, "local": self._local, "umem": area,
@@ -128,7 +135,10 @@ class Reader:
             raise ConfigError("state must be a 1-d contiguous int64 array",
                               remedy="pass e.g. np.zeros(8, np.int64)")
         end = None if duration is None else time.monotonic() + duration
-        slice_ns = 100_000_000      # back in Python this often: signals, duration
+        # back in Python this often (signals, duration, count): rarely, since
+        # every return needs the GIL, and with many consumer threads in one
+        # process a thread waiting for it holds up its packets
+        slice_ns = 500_000_000
         self._ctl[loop.K_STOP] = 0
         while True:
             r = loop.cons_run(self._cctx, self._area, h, state, slice_ns)
@@ -190,6 +200,7 @@ class Consumer(Reader):
         self._closed = True
         self._release_held()
         self._rx.unsubscribe(self.id)
+        self._ep.close()
         self._v = self._area = self._mv = None
 
 
@@ -264,6 +275,8 @@ class Subscriber(Reader):
         if hasattr(self, "_ctl"):
             self._ctl[loop.K_HELD] = 0   # the daemon reclaims them all
         self._sock.close()
+        if getattr(self, "_ep", None) is not None:
+            self._ep.close()
         if getattr(self, "_efd", -1) >= 0:
             os.close(self._efd)
             self._efd = -1

@@ -1,5 +1,5 @@
 """libc from compiled code: the syscalls the receive and consume loops make
-without returning to Python (poll, eventfd read/write, the need_wakeup kick,
+without returning to Python (epoll, eventfd write, the need_wakeup kick,
 the clock, getcpu).
 
 Numba cannot cache a kernel that calls a ctypes function directly (the
@@ -23,13 +23,18 @@ from . import native
 from .jit import inline
 
 # slots of table(): one C function each
-(FN_CLOCK, FN_PPOLL, FN_READ, FN_WRITE, FN_RECVFROM, FN_GETCPU) = range(6)
+(FN_CLOCK, FN_PPOLL, FN_READ, FN_WRITE, FN_RECVFROM, FN_GETCPU, FN_EPOLL_PWAIT2) = range(7)
 N_FN = 8
-_NAMES = ("clock_gettime", "ppoll", "read", "write", "recvfrom", "getcpu")
+_NAMES = ("clock_gettime", "ppoll", "read", "write", "recvfrom", "getcpu", "epoll_pwait2")
 # ssize_t (64-bit) results; the others are int
 _WIDE = {"read", "write", "recvfrom"}
 
+import platform  # noqa: E402
+
 CLOCK_MONOTONIC = 1
+# struct epoll_event {u32 events; u64 data}: packed on x86-64 (12 bytes)
+EPOLL_EVENT_WORDS = 3 if platform.machine() == "x86_64" else 4   # in int32 words
+EPOLL_DATA_WORD = 1 if EPOLL_EVENT_WORDS == 3 else 2
 POLLIN, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x8, 0x10, 0x20
 MSG_DONTWAIT = 0x40
 PR_SET_TIMERSLACK = 29
@@ -85,6 +90,12 @@ def ccall4(typingctx, fn, a, b, c, d):
 
 
 @intrinsic
+def ccall5(typingctx, fn, a, b, c, d, e):
+    if _check(fn, a, b, c, d, e):
+        return types.int64(fn, a, b, c, d, e), _codegen(5)
+
+
+@intrinsic
 def ccall6(typingctx, fn, a, b, c, d, e, f):
     if _check(fn, a, b, c, d, e, f):
         return types.int64(fn, a, b, c, d, e, f), _codegen(6)
@@ -113,6 +124,28 @@ def ppoll_ns(fn, pfd, nfds, timeout_ns, ts):
         ts[1] = timeout_ns % 1000000000
         r = ccall4(fn[FN_PPOLL], pfd.ctypes.data, nfds, ts.ctypes.data, 0)
     return np.int64(np.int32(r & 0xFFFFFFFF))
+
+
+@inline
+def epoll_wait_ns(fn, epfd, events, timeout_ns, ts):
+    """epoll_pwait2(2) for at most @timeout_ns (< 0: forever) into @events
+    (int32 words, room for len / EPOLL_EVENT_WORDS events). One syscall
+    however many descriptors are watched (they were registered once). Returns
+    the ready count (or -1)."""
+    maxev = events.shape[0] // EPOLL_EVENT_WORDS
+    if timeout_ns < 0:
+        r = ccall5(fn[FN_EPOLL_PWAIT2], epfd, events.ctypes.data, maxev, 0, 0)
+    else:
+        ts[0] = timeout_ns // 1000000000
+        ts[1] = timeout_ns % 1000000000
+        r = ccall5(fn[FN_EPOLL_PWAIT2], epfd, events.ctypes.data, maxev, ts.ctypes.data, 0)
+    return np.int64(np.int32(r & 0xFFFFFFFF))
+
+
+@inline
+def epoll_data(events, i):
+    """The data word (low 32 bits) of ready event @i."""
+    return events[i * EPOLL_EVENT_WORDS + EPOLL_DATA_WORD]
 
 
 @inline

@@ -49,8 +49,7 @@ from . import context as X
 from .atomics import load_acquire, load_relaxed, store_relaxed
 from .context import a1, a2, pool_of
 from .jit import inline, kernel, raw
-from .libc import (POLLERR, POLLHUP, POLLIN, efd_drain, efd_write, getcpu, kick_rx, now_ns,
-                   ppoll_ns, revents)
+from .libc import epoll_data, epoll_wait_ns, efd_write, getcpu, kick_rx, now_ns
 from .ring import U32, cons_release, needs_wakeup
 
 # ---- control words of a loop (ctl) ---------------------------------------------
@@ -74,6 +73,11 @@ HANDLER_SIG = types.int64(RO_U8, types.uint64[::1], types.uint32[::1], types.uin
 HANDLER = types.FunctionType(HANDLER_SIG)
 
 FILL_LOW_NS = 200_000        # sleep at most this long while FILL is below a quarter
+# the sleep set (int32 `pfd` of a context): [epoll fd, the AF_XDP socket (receive
+# side), the lifeline socket (a Subscriber; else -1), -, ready events ...].
+# Every descriptor is registered once; the eventfds edge-triggered, so a wake-up
+# needs no read to re-arm it (a write while we were awake is a pending edge).
+P_EPFD, P_XSK, P_LIFELINE, P_EVENTS, N_PFD = 0, 1, 2, 4, 16
 REPORT_EVERY = 64            # consumer batches between two getcpu() feedback reports
 
 
@@ -139,19 +143,19 @@ def rx_step(ctx, self_ref, now):
     due = bulk.wake_due(ctab, hub, wake, now)
     flush_wakes(ctab, hub, wake, fn, scratch, stats)
     if needs_wakeup(fill_flags):
-        kick_rx(fn, pfd[0])    # the driver asked to be told about new FILL entries
+        kick_rx(fn, pfd[P_XSK])    # the driver asked to be told about new FILL entries
         stats[bulk.S_KICKS] += 1
     return n, due
 
 
 @inline
 def rx_sleep(ctx, now, until):
-    """Sleep in ppoll on the socket and the attention eventfd until @until
+    """Sleep in epoll on the socket and the attention eventfd until @until
     at most (shorter while FILL is low: consumers may be letting go of frames
     the kernel needs)."""
     fill_cons, fill_local = a1(ctx, X.FILL_CONS, np.uint32), a1(ctx, X.FILL_LOCAL, np.int64)
     fsize = ctx[2 * X.FILL_SLOTS + 1]
-    stats, ctl = a1(ctx, X.STATS, np.int64), a1(ctx, X.CTL, np.int64)
+    stats = a1(ctx, X.STATS, np.int64)
     fn, pfd, scratch = a1(ctx, X.FN, np.uint64), a1(ctx, X.PFD, np.int32), a1(ctx, X.SCRATCH, np.int64)
     timeout = until - now
     in_fill = (fill_local[0] - np.int64(load_acquire(fill_cons))) & U32
@@ -160,9 +164,7 @@ def rx_sleep(ctx, now, until):
     if timeout < 0:
         timeout = 0
     stats[bulk.S_SLEEPS] += 1
-    ppoll_ns(fn, pfd, 2, timeout, scratch)
-    if revents(pfd, 1) & POLLIN:
-        efd_drain(fn, pfd[2], scratch[2:3])
+    epoll_wait_ns(fn, pfd[P_EPFD], pfd[P_EVENTS:], timeout, scratch)
 
 
 @inline
@@ -332,21 +334,20 @@ def cons_gone(cctx):
 
 @inline
 def cons_sleep(cctx, timeout_ns):
-    """Arm (waiting = sleep number, fence, look again), then ppoll the
-    eventfd (and the lifeline socket) for up to @timeout_ns."""
+    """Arm (waiting = sleep number, fence, look again), then epoll-wait on
+    the eventfd (and the lifeline socket) for up to @timeout_ns."""
     waiting = a1(cctx, X.C_WAITING, np.uint32)
     local = a1(cctx, X.C_LOCAL, np.int64)
     if CR.arm(waiting, a1(cctx, X.C_PROD, np.uint32), local):
         return
     ctl, fn = a1(cctx, X.C_CTL, np.int64), a1(cctx, X.C_FN, np.uint64)
     pfd, scratch = a1(cctx, X.C_PFD, np.int32), a1(cctx, X.C_SCRATCH, np.int64)
-    nfds = pfd.shape[0] // 2
-    ppoll_ns(fn, pfd, nfds, timeout_ns, scratch)
+    events = pfd[P_EVENTS:]
+    k = epoll_wait_ns(fn, pfd[P_EPFD], events, timeout_ns, scratch)
     store_relaxed(waiting, 0)
-    if revents(pfd, 0) & POLLIN:
-        efd_drain(fn, pfd[0], scratch[2:3])
-    if nfds > 1 and revents(pfd, 1) & (POLLIN | POLLHUP | POLLERR):
-        ctl[K_GONE] = 1      # the daemon never writes after its reply: EOF
+    for i in range(k):
+        if epoll_data(events, i) == pfd[P_LIFELINE]:
+            ctl[K_GONE] = 1      # the daemon never writes after its reply: EOF
 
 
 @inline

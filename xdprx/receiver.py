@@ -27,6 +27,7 @@ import contextlib
 import errno as E
 import logging
 import os
+import select
 import threading
 import time
 from typing import Iterable, Iterator
@@ -143,7 +144,13 @@ class Receiver:
         self._ctl[loop.K_SPIN_NS] = spin * 1000
         self._attn = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._stack.callback(os.close, self._attn)
-        self._pfd = np.array([self.xsk.fd, libc.POLLIN, self._attn, libc.POLLIN], np.int32)
+        # the loop's sleep: one epoll set, registered once (loop.P_*)
+        self._ep = select.epoll()
+        self._stack.callback(self._ep.close)
+        self._ep.register(self.xsk.fd, select.EPOLLIN)
+        self._ep.register(self._attn, select.EPOLLIN | select.EPOLLET)
+        self._pfd = np.full(loop.N_PFD, -1, np.int32)
+        self._pfd[loop.P_EPFD], self._pfd[loop.P_XSK] = self._ep.fileno(), self.xsk.fd
         self._scratch = np.zeros(4, np.int64)
         # held around every kernel call and consumer-table change; while a
         # compiled loop runs, other threads hand their changes to it (_on_loop)
@@ -274,8 +281,9 @@ class Receiver:
                 fut.set_exception(e)
 
     def _ticks_reset(self) -> None:
-        """When the loop must come back for maintenance (every 100 ms) and NUMA."""
-        self._ctl[loop.K_DEADLINE] = time.monotonic_ns() + 100_000_000
+        """When the loop must come back for maintenance (every 500 ms: each
+        return costs the GIL, which consumer threads may hold) and NUMA."""
+        self._ctl[loop.K_DEADLINE] = time.monotonic_ns() + 500_000_000
         self._ctl[loop.K_NUMA_NEXT] = self._numa_next
 
     def _ticks(self) -> None:
@@ -287,10 +295,10 @@ class Receiver:
         self._ticks_reset()
 
     def _maintain(self) -> None:
-        """Every 100 ms: after `trim_after` seconds without growth or copies
+        """Every 500 ms: after `trim_after` seconds without growth or copies
         into spare frames, give the pool's free spare chunks back (under the lock)."""
         now = time.monotonic()
-        self._next_maint = now + 0.1
+        self._next_maint = now + 0.5
         m = self.umem.pool.meta
         cur = (int(m[:, umem_mod.P_GROWS].sum()), int(m[:, umem_mod.P_SPILLED].sum()))
         if cur != self._last_growth[:2]:
@@ -548,7 +556,8 @@ class Receiver:
         except XdprxError:
             self._final_drops = -1
         self._closed = True
-        self._area = self._mv = self._area_ro = None   # else the mapping outlives close()
+        # our views (the empty batch holds one too): else the mapping outlives close()
+        self._area = self._mv = self._area_ro = self._empty = None
         self._stack.close()
 
     def __enter__(self) -> "Receiver":
