@@ -51,27 +51,42 @@ def contenders(seconds: float, mode: str) -> dict[str, list[str]]:
     }
 
 
-def run_paced(pair: VethPair, argv: list[str], seconds: float, rate: float) -> dict:
-    """As run_pinned, but offered at a fixed @rate by the paced AF_PACKET
-    generator (c/pgen.c) instead of saturated: CPU per packet when the
-    receiver has to wake up for its packets."""
+def start_receiver(pair: VethPair, argv: list[str]) -> subprocess.Popen:
+    """The receiver @argv on RX_CPU in the rx namespace, once it said "ready"."""
     rx = pair.popen("rx", ["taskset", "-c", RX_CPU] + argv, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, text=True)
+    line = rx.stdout.readline()
+    if line.strip() != "ready":
+        rx.kill()
+        raise RuntimeError(f"receiver did not start: {line} {rx.communicate()[1]}")
+    return rx
+
+
+def _receive(pair: VethPair, argv: list[str], seconds: float, gen_argv: list[str],
+             after_ready: Callable[[VethPair], object] | None = None) -> tuple[dict, str]:
+    """The receiver @argv (ready, then @after_ready) fed by the generator
+    @gen_argv on GEN_CPU: (the receiver's last JSON line, the generator's stdout)."""
+    rx = start_receiver(pair, argv)
     try:
-        line = rx.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"receiver did not start: {line} {rx.stderr.read()}")
-        total = seconds + 1.5
-        gen = pair.run("tx", ["taskset", "-c", GEN_CPU, str(OUT / "pgen"), VethPair.tx_if,
-                              str(int(rate)), str(int(rate * total)), str(total * 2)],
-                       timeout=total * 3 + 30)
-        out, err = rx.communicate(timeout=seconds + 60)
+        if after_ready:
+            after_ready(pair)
+        gen = pair.run("tx", ["taskset", "-c", GEN_CPU] + gen_argv, timeout=seconds * 3 + 60)
+        out, _ = rx.communicate(timeout=seconds + 60)
     finally:
         if rx.poll() is None:
             rx.kill()
             rx.wait()
-    res = json.loads(out.strip().splitlines()[-1])
-    g = json.loads(gen.stdout)
+    return json.loads(out.strip().splitlines()[-1]), gen.stdout
+
+
+def run_paced(pair: VethPair, argv: list[str], seconds: float, rate: float) -> dict:
+    """As run_pinned, but offered at a fixed @rate by the paced AF_PACKET
+    generator (c/pgen.c) instead of saturated: CPU per packet when the
+    receiver has to wake up for its packets."""
+    total = seconds + 1.5
+    res, out = _receive(pair, argv, seconds, [str(OUT / "pgen"), VethPair.tx_if, str(int(rate)),
+                                              str(int(rate * total)), str(total * 2)])
+    g = json.loads(out)
     res["offered"] = g["sent"]
     res["offered_pps"] = g["sent"] / g["seconds"]
     return add_rates(res, "packets", "pps", "cpu_ns_per_pkt")
@@ -83,24 +98,9 @@ def run_pinned(pair: VethPair, argv: list[str], seconds: float,
     "ready" (then call @after_ready, e.g. to set placement B), run the
     generator on GEN_CPU for @seconds + 1.5 s, and return the receiver's last
     JSON line plus offered_pps."""
-    rx = pair.popen("rx", ["taskset", "-c", RX_CPU] + argv, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, text=True)
-    try:
-        line = rx.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"receiver did not start: {line} {rx.stderr.read()}")
-        if after_ready:
-            after_ready(pair)
-        gen = pair.run("tx", ["taskset", "-c", GEN_CPU, str(OUT / "gen"),
-                              str(OUT / "gen_kern.o"), VethPair.tx_if, str(seconds + 1.5)],
-                       timeout=seconds + 60)
-        out, err = rx.communicate(timeout=seconds + 60)
-    finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
-    res = json.loads(out.strip().splitlines()[-1])
-    res["offered"] = int(gen.stdout.strip() or 0)
+    res, out = _receive(pair, argv, seconds, [str(OUT / "gen"), str(OUT / "gen_kern.o"),
+                                              VethPair.tx_if, str(seconds + 1.5)], after_ready)
+    res["offered"] = int(out.strip() or 0)
     res["offered_pps"] = res["offered"] / (seconds + 1.5)
     return res
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 from numba import njit
 
-from touch_rx import ETH_IP_UDP, touch64
+from touch_rx import touch64
 from xdprx import libc
 
 SUB, NB = 16, 16 * 40
@@ -66,13 +66,7 @@ def account_h(umem, offsets, lengths, seqs, groups, state):
     if d > 1:
         b = min(NB - 1, int(np.log2(d) * SUB))
     state[H_HIST + b] += 1
-    u64 = umem.view(np.uint64)
-    s = 0
-    for i in range(n):
-        w = (offsets[i] - ETH_IP_UDP) >> 3
-        for j in range(8):
-            s += u64[w + j]
-    state[H_CHECK] ^= s
+    state[H_CHECK] ^= touch64(umem, offsets, n)
     state[H_GOT] += n
     return 0
 

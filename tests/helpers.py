@@ -31,3 +31,18 @@ def xdp_attached(pair, side: str = "rx") -> str:
     ifn = pair.rx_if if side == "rx" else pair.tx_if
     out = pair.run(side, ["ip", "-d", "link", "show", "dev", ifn]).stdout
     return out if " xdp" in out or "prog/xdp" in out else ""
+
+
+def attach_foreign_xdp(pair, tmp_path) -> None:
+    """Somebody else's XDP program (tests/data/xdp_pass.c, generic mode) on
+    the rx end of @pair, for the tests that xdprx neither clobbers nor hides it."""
+    import os
+    import subprocess
+    obj = tmp_path / "pass.o"
+    src = os.path.join(os.path.dirname(__file__), "data", "xdp_pass.c")
+    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip()
+    subprocess.run(["clang", "-O2", "-target", "bpf", f"-I/usr/include/{arch}", "-c", src,
+                    "-o", str(obj)], check=True)
+    r = pair.run("rx", ["ip", "link", "set", "dev", pair.rx_if, "xdpgeneric", "obj", str(obj),
+                        "sec", "xdp"])
+    assert r.returncode == 0, r.stderr

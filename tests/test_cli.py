@@ -11,7 +11,7 @@ import pytest
 from xdprx import cli
 from xdprx.testing import control_answers, send_cmd
 
-from helpers import xdp_attached
+from helpers import attach_foreign_xdp, xdp_attached
 
 GROUP = "239.1.2.3:5000"
 XDPRX = [sys.executable, "-m", "xdprx.cli"]
@@ -140,14 +140,7 @@ def test_not_root_exit_2(pair):
 
 
 def test_foreign_xdp_program_is_not_clobbered(pair, tmp_path):
-    obj = tmp_path / "pass.o"
-    src = os.path.join(os.path.dirname(__file__), "data", "xdp_pass.c")
-    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip()
-    subprocess.run(["clang", "-O2", "-target", "bpf", f"-I/usr/include/{arch}", "-c", src,
-                    "-o", str(obj)], check=True)
-    r = pair.run("rx", ["ip", "link", "set", "dev", pair.rx_if, "xdpgeneric", "obj", str(obj),
-                        "sec", "xdp"])
-    assert r.returncode == 0, r.stderr
+    attach_foreign_xdp(pair, tmp_path)
     for mode in ("auto", "skb", "native"):
         code, err = run_cli_inside(pair, ["run", pair.rx_if, "--group", GROUP, "--mode", mode])
         assert code == 2

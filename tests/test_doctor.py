@@ -1,13 +1,12 @@
 """`xdprx doctor`: the checks on a real veth in an xrx namespace, JSON, exit codes."""
 import json
 import os
-import subprocess
 import sys
 
 from xdprx import doctor
 from xdprx.testing import VethPair, DaemonProcess, send_cmd
 
-from helpers import xdp_attached
+from helpers import attach_foreign_xdp, xdp_attached
 
 XDPRX = [sys.executable, "-m", "xdprx.cli"]
 GROUP = "239.1.2.3:5000"
@@ -59,14 +58,7 @@ def test_doctor_text_and_queues():
 
 
 def test_doctor_foreign_program_fails_with_remedy(pair, tmp_path):
-    obj = tmp_path / "pass.o"
-    src = os.path.join(os.path.dirname(__file__), "data", "xdp_pass.c")
-    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip()
-    subprocess.run(["clang", "-O2", "-target", "bpf", f"-I/usr/include/{arch}", "-c", src,
-                    "-o", str(obj)], check=True)
-    r = pair.run("rx", ["ip", "link", "set", "dev", pair.rx_if, "xdpgeneric", "obj", str(obj),
-                        "sec", "xdp"])
-    assert r.returncode == 0, r.stderr
+    attach_foreign_xdp(pair, tmp_path)
     # and strict rp_filter on the interface (a warning, not a failure)
     pair.run("rx", ["sysctl", "-qw", f"net.ipv4.conf.{pair.rx_if}.rp_filter=1"], check=True)
     code, rep, c = doctor_json(pair, pair.rx_if)

@@ -26,30 +26,54 @@ def _index_ptr(context, builder, aryty, ary_val):
                                     [context.get_constant(types.intp, 0)])
 
 
-@intrinsic
-def load_acquire(typingctx, arr):
-    """arr[0], read with acquire ordering (pairs with a release store)."""
+def _load(arr, order: str):
+    """Typing and code for one atomic load of arr[0] with @order."""
     if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
         ptr = _index_ptr(context, builder, sig.args[0], args[0])
-        return builder.load_atomic(ptr, "acquire", arr.dtype.bitwidth // 8)
+        return builder.load_atomic(ptr, order, arr.dtype.bitwidth // 8)
     return arr.dtype(arr), codegen
 
 
-@intrinsic
-def store_release(typingctx, arr, value):
-    """arr[0] = value with release ordering (pairs with an acquire load)."""
+def _store(arr, value, order: str):
+    """Typing and code for one atomic store to arr[0] with @order."""
     if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
         ptr = _index_ptr(context, builder, sig.args[0], args[0])
         val = context.cast(builder, args[1], sig.args[1], arr.dtype)
-        builder.store_atomic(val, ptr, "release", arr.dtype.bitwidth // 8)
+        builder.store_atomic(val, ptr, order, arr.dtype.bitwidth // 8)
         return context.get_dummy_value()
     return types.void(arr, value), codegen
+
+
+@intrinsic
+def load_acquire(typingctx, arr):
+    """arr[0], read with acquire ordering (pairs with a release store)."""
+    return _load(arr, "acquire")
+
+
+@intrinsic
+def store_release(typingctx, arr, value):
+    """arr[0] = value with release ordering (pairs with an acquire load)."""
+    return _store(arr, value, "release")
+
+
+@intrinsic
+def load_relaxed(typingctx, arr):
+    """arr[0] as one atomic load, no ordering of its own: a flag another
+    thread or process sets, read in a loop (never hoisted, never torn)."""
+    return _load(arr, "monotonic")
+
+
+@intrinsic
+def store_relaxed(typingctx, arr, value):
+    """arr[0] = value as one atomic store, no ordering of its own (the
+    fence_seq_cst next to it does the ordering: see cring.arm)."""
+    return _store(arr, value, "monotonic")
 
 
 @intrinsic
@@ -59,31 +83,3 @@ def fence_seq_cst(typingctx):
         builder.fence("seq_cst")
         return context.get_dummy_value()
     return types.void(), codegen
-
-
-@intrinsic
-def load_relaxed(typingctx, arr):
-    """arr[0] as one atomic load, no ordering of its own: a flag another
-    thread or process sets, read in a loop (never hoisted, never torn)."""
-    if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _index_ptr(context, builder, sig.args[0], args[0])
-        return builder.load_atomic(ptr, "monotonic", arr.dtype.bitwidth // 8)
-    return arr.dtype(arr), codegen
-
-
-@intrinsic
-def store_relaxed(typingctx, arr, value):
-    """arr[0] = value as one atomic store, no ordering of its own (the
-    fence_seq_cst next to it does the ordering: see cring.cring_arm)."""
-    if not isinstance(arr, types.Array) or not isinstance(arr.dtype, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _index_ptr(context, builder, sig.args[0], args[0])
-        val = context.cast(builder, args[1], sig.args[1], arr.dtype)
-        builder.store_atomic(val, ptr, "monotonic", arr.dtype.bitwidth // 8)
-        return context.get_dummy_value()
-    return types.void(arr, value), codegen

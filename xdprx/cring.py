@@ -34,7 +34,7 @@ import os
 import numpy as np
 
 from . import fanout as F
-from .atomics import fence_seq_cst, load_acquire, store_relaxed, store_release
+from .atomics import fence_seq_cst, load_acquire, store_relaxed
 from .jit import inline, kernel
 from .ring import U32, cons_peek, cons_release
 

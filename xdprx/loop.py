@@ -48,7 +48,7 @@ from . import bulk, cring as CR
 from . import context as X
 from .atomics import load_acquire, load_relaxed, store_relaxed
 from .context import a1, a2, pool_of
-from .jit import inline, kernel, raw
+from .jit import inline, kernel
 from .libc import epoll_data, epoll_wait_ns, efd_write, getcpu, kick_rx, now_ns
 from .ring import U32, cons_release, needs_wakeup
 
