@@ -1,7 +1,8 @@
 """xdprx fan-out contender: one Receiver serving N in-process consumers, the
-receive loop and every consumer compiled (Receiver.start(): the receive loop
-on its own thread; each consumer's run(handler) on a thread of its own, GIL
-released); every consumer reads the first 64 bytes of every packet it gets.
+receive loop and the consumers compiled (Receiver.start(): the receive loop
+on its own thread; xdprx.run_many: all N consumers on one other thread, one
+wake-up for all, GIL released); every consumer reads the first 64 bytes of
+every packet it gets.
 
     fanout_rx.py IFNAME SECONDS N MODE
 prints "ready", waits for the first packet, measures SECONDS, prints JSON.
@@ -32,11 +33,13 @@ def main() -> None:
     ifname, seconds, n, mode = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     with xdprx.Receiver(ifname, ["239.1.2.3:5000"], mode=mode, frames=8192) as rx:
         cons = [rx.subscribe(ring_size=4096, batch_size=1024) for _ in range(n)]
-        states = [handler_state() for _ in cons]
+        one = handler_state()
+        states = np.zeros((n, len(one)), np.int64)
+        states[:] = one
         prepare(account_h)
         rx.start(nice=-10)
-        threads = [threading.Thread(target=c.run, args=(account_h, st), daemon=True)
-                   for c, st in zip(cons, states)]
+        threads = [threading.Thread(target=xdprx.run_many, args=(cons, account_h, states),
+                                    daemon=True)]
         for t in threads:
             t.start()
         print("ready", flush=True)
@@ -69,8 +72,7 @@ def main() -> None:
             cpu = cpu_seconds() - c0
             deliveries, packets = got() - base, int(rx.counters[bulk.S_PACKETS]) - rx0
             st = rx.stats()
-        for c in cons:
-            c.stop()
+        cons[0].stop()
         for t in threads:
             t.join(timeout=10)
         for c in cons:

@@ -240,3 +240,40 @@ def test_sixteen_subscribers_on_one_cpu_started_under_traffic(pair, tmp_path):
             before = max([c for t, c in tl if t < lo] or [0])
             assert counts and max(counts) > before, f"no packets in second {k}: {tl}"
     print(f"drops per consumer: {drops}")
+
+
+def test_run_many_serves_many_consumers_on_one_thread(pair):
+    """xdprx.run_many: eight consumers of two groups on one thread, one
+    handler, a state row each: every payload byte of its group, every packet,
+    and fewer sleeps than consumers x batches (one wake-up serves them all)."""
+    n, seed = 4000, 31
+    groups = [GROUP, "239.7.7.8:7001"]
+    want = {g: expected_hashes(seed + k, n, 32, 200) for k, g in enumerate(groups)}
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, groups)
+    with rx:
+        rx.start()
+        cons = [rx.subscribe([groups[i % 2]], ring_size=4096) for i in range(8)]
+        states = np.zeros((8, 8 + n), np.int64)   # S_STOP 0: a nonzero return stops all
+        done = {}
+        t = threading.Thread(target=lambda: done.setdefault(
+            "why", xdprx.run_many(cons, record, states, duration=60)))
+        t.start()
+        senders = [pair.popen("tx", send_cmd(g, n, seed=seed + k, lo=32, hi=200, rate=20000))
+                   for k, g in enumerate(groups)]
+        assert all(s.wait(timeout=60) == 0 for s in senders)
+        deadline = time.monotonic() + 30
+        while (states[:, 0] < n).any() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cons[0].stop()
+        t.join(timeout=10)
+        assert done["why"] == "stop"
+        for i, c in enumerate(cons):
+            check_hashes(states[i], want[groups[i % 2]], n)
+            st = c.stats()
+            assert st["received"] == n and st["dropped"] == 0 and st["gaps"] == 0, (i, st)
+        for c in cons:
+            c.close()
+        with pytest.raises(ConfigError, match="rows"):
+            xdprx.run_many([rx.subscribe()], record, np.zeros((2, 4), np.int64))
+    assert (rx.umem.pool.state == FREE).all()

@@ -180,6 +180,61 @@ class Reader:
         self.close()
 
 
+def run_many(readers: list[Reader], handler, states: np.ndarray | None = None,
+             duration: float | None = None) -> str:
+    """Serve many consumers of one receiver (or one daemon) on this thread:
+    @handler(umem, offsets, lengths, seqs, groups, states[i]) on each batch of
+    reader i, in compiled code with the GIL released; when all are empty, one
+    sleep and one wake-up for all of them (not one context switch each).
+    @states: int64 (len(readers), k), a row per reader. Ends like
+    Reader.run(): "handler", "stop" (readers[0].stop()), "duration", or "gone"
+    (every reader's daemon or receiver gone)."""
+    if not readers:
+        raise ConfigError("run_many needs at least one consumer")
+    area = readers[0]._area
+    shift = int(readers[0]._ctl[loop.K_SHIFT])
+    if any(r._area.shape != area.shape or int(r._ctl[loop.K_SHIFT]) != shift for r in readers):
+        raise ConfigError("run_many: the consumers read different UMEMs",
+                          remedy="group consumers of one Receiver, or of one daemon")
+    h = prepare(handler)
+    n = len(readers)
+    states = np.zeros((n, 1), np.int64) if states is None else states
+    if (states.dtype != np.int64 or states.ndim != 2 or states.shape[0] != n
+            or not states.flags.c_contiguous):
+        raise ConfigError(f"states must be a contiguous int64 array of {n} rows",
+                          remedy=f"pass e.g. np.zeros(({n}, 8), np.int64)")
+    cctxs = np.ascontiguousarray(np.stack([r._cctx for r in readers]))
+    ep = select.epoll()
+    try:
+        for r in readers:
+            ep.register(r._efd, select.EPOLLIN | select.EPOLLET)
+            if r._pfd[loop.P_LIFELINE] >= 0:
+                # edge-triggered: its EOF marks one reader gone, once, while
+                # the others go on
+                ep.register(int(r._pfd[loop.P_LIFELINE]),
+                            select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+        gpfd = np.full(loop.P_EVENTS + libc.EPOLL_EVENT_WORDS * 2 * n, -1, np.int32)
+        gpfd[loop.P_EPFD] = ep.fileno()
+        end = None if duration is None else time.monotonic() + duration
+        ctl0 = readers[0]._ctl
+        ctl0[loop.K_STOP] = 0
+        while True:
+            r = loop.cons_run_many(cctxs, gpfd, area, h, states, 500_000_000)
+            if r == loop.R_GONE:
+                for rd in readers:
+                    rd.daemon_gone = True
+                return "gone"
+            if r == loop.R_HANDLER:
+                return "handler"
+            if r == loop.R_STOP or ctl0[loop.K_STOP]:
+                ctl0[loop.K_STOP] = 0
+                return "stop"
+            if end is not None and time.monotonic() >= end:
+                return "duration"
+    finally:
+        ep.close()
+
+
 class Consumer(Reader):
     """An in-process consumer (Receiver.subscribe). Its recv() may run on any
     thread, including the receive thread between Receiver.pump() calls."""

@@ -25,6 +25,8 @@ the arrays, call in, and handle what comes back. Read it top to bottom:
     cons_recv  release the last batch, read the next (one call from recv())
     cons_run   read -> your handler -> release, sleeping on the eventfd
                (arm: waiting = sleep number, fence, look again) when empty
+    cons_run_many  the same for many consumers on one thread: one sleep,
+               one wake-up for all of them
 
 Control words (int64 `ctl`, written by Python, read here with relaxed atomic
 loads): K_STOP, K_ATTN (Python has work for the loop's thread), K_DEADLINE
@@ -419,6 +421,68 @@ def cons_run(cctx, umem_ro, handler, state, slice_ns):
             return R_HANDLER
 
 
+@kernel
+def cons_run_many(cctxs, gpfd, umem_ro, handler, states, slice_ns):
+    """Many consumers on one thread (run_many): round-robin read -> handler
+    (state row i for consumer i) -> release; when every ring is empty, arm
+    them all and sleep once, in one epoll set holding every eventfd. N
+    consumers cost one thread and one wake-up, not N context switches.
+    @gpfd: [epoll fd, -, -, -, events ...]; lifeline sockets have epoll data
+    = their fd, and are listed in each consumer's own pfd[P_LIFELINE].
+    Returns R_*; R_GONE only when every consumer is gone."""
+    n = cctxs.shape[0]
+    c0 = cctxs[0]
+    fn, scratch = a1(c0, X.C_FN, np.uint64), a1(c0, X.C_SCRATCH, np.int64)
+    ctl0 = a1(c0, X.C_CTL, np.int64)
+    events = gpfd[P_EVENTS:]
+    end = now_ns(fn, scratch) + slice_ns
+    while True:
+        if load_relaxed(ctl0[K_STOP:]) != 0:
+            for i in range(n):
+                cons_let_go(cctxs[i])
+            return R_STOP
+        got = False
+        alive = 0
+        for i in range(n):
+            c = cctxs[i]
+            cons_let_go(c)
+            j = cons_read(c)
+            if j > 0:
+                got = True
+                a1(c, X.C_COUNTS, np.int64)[5] += 1
+                off, ln = a1(c, X.C_OUT_OFF, np.uint64), a1(c, X.C_OUT_LEN, np.uint32)
+                seq, sub = a1(c, X.C_OUT_SEQ, np.uint64), a1(c, X.C_OUT_SUB, np.int32)
+                if handler(umem_ro, off[:j], ln[:j], seq[:j], sub[:j], states[i]) != 0:
+                    for k in range(n):
+                        cons_let_go(cctxs[k])
+                    return R_HANDLER
+            if not cons_gone(c):
+                alive += 1
+        if got:
+            continue
+        if alive == 0:
+            return R_GONE
+        now = now_ns(fn, scratch)
+        if now >= end:
+            return R_TIMEOUT
+        # every ring looked empty: announce the sleep on each, look once more
+        avail = 0
+        for i in range(n):
+            c = cctxs[i]
+            avail += CR.arm(a1(c, X.C_WAITING, np.uint32), a1(c, X.C_PROD, np.uint32),
+                            a1(c, X.C_LOCAL, np.int64))
+        if avail == 0:
+            k = epoll_wait_ns(fn, gpfd[P_EPFD], events, end - now, scratch)
+            for e in range(k):
+                fd = epoll_data(events, e)
+                for i in range(n):
+                    pfd = a1(cctxs[i], X.C_PFD, np.int32)
+                    if pfd[P_LIFELINE] == fd:
+                        a1(cctxs[i], X.C_CTL, np.int64)[K_GONE] = 1
+        for i in range(n):
+            store_relaxed(a1(cctxs[i], X.C_WAITING, np.uint32), 0)
+
+
 # ---- warm-up: load every kernel with its real types before traffic ------------
 CTX = types.uint64[::1]
 I64 = types.int64
@@ -450,3 +514,6 @@ def warm_consumer() -> None:
     cons_done.compile((CTX,))
     cons_run.compile((CTX, RO_U8, HANDLER, STATE, I64))
     cons_run.disable_compile()
+    cons_run_many.compile((types.uint64[:, ::1], types.int32[::1], RO_U8, HANDLER,
+                           types.int64[:, ::1], I64))
+    cons_run_many.disable_compile()
