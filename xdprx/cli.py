@@ -48,6 +48,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise ConfigError("no interface given", remedy="pass IFACE (or iface = \"...\" in --config)")
     parse_groups(a.group)  # report bad input before touching the system
     parse_numa(a.numa)
+    if a.metrics is not None:
+        from .metrics import parse_listen
+        parse_listen(a.metrics)
     if not -20 <= a.nice <= 19:
         raise ConfigError(f"--nice {a.nice} out of range", remedy="use -20..19")
     uids, gids = parse_ids(a.allow_uid, "uid"), parse_ids(a.allow_gid, "gid")
@@ -58,7 +61,8 @@ def cmd_run(a: argparse.Namespace) -> int:
                   wake_usecs=a.wake_usecs)
     try:
         d = Daemon(rx, a.control or default_path(a.iface), interval=a.interval,
-                   json_lines=a.json, allow_uids=uids, allow_gids=gids, nice=a.nice)
+                   json_lines=a.json, allow_uids=uids, allow_gids=gids, nice=a.nice,
+                   metrics=a.metrics)
         d.serve(duration=a.duration)
     finally:
         rx.close()
@@ -141,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--interval", type=float, default=1.0, help="seconds between stat lines")
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     r.add_argument("--json", action="store_true", help="stat lines as JSON")
+    r.add_argument("--metrics", metavar="[ADDR:]PORT", default=None,
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics "
+                        "(ADDR default 0.0.0.0)")
     r.add_argument("--allow-uid", action="append", default=[], metavar="UID",
                    help="only these users (and root) may connect (names or numbers, repeatable)")
     r.add_argument("--allow-gid", action="append", default=[], metavar="GID",
