@@ -79,6 +79,13 @@ def cmd_stats(a: argparse.Namespace) -> int:
     path = a.control or (default_path(a.iface) if a.iface else None)
     if not path:
         raise XdprxError("which daemon?", 0, "pass --control PATH (or the interface name)")
+    if a.watch:
+        from .watch import watch
+        return watch(lambda: request(path, {"cmd": "stats"})["stats"],
+                     1.0 if a.interval is None else a.interval, as_json=a.json,
+                     title=f"xdprx {path}")
+    if a.interval is not None:
+        raise ConfigError("--interval needs --watch", remedy="add --watch, or drop --interval")
     st = request(path, {"cmd": "stats"})["stats"]
     if a.json:
         print(json.dumps(st, indent=2))
@@ -182,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="counters of a running daemon")
     s.add_argument("iface", nargs="?")
     s.add_argument("--control")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="JSON (with --watch: one object a line)")
+    s.add_argument("--watch", action="store_true",
+                   help="live rates until Ctrl-C: a table on a terminal, plain lines otherwise")
+    s.add_argument("--interval", type=float, default=None, metavar="S",
+                   help="seconds between two samples with --watch (default 1)")
     s.set_defaults(fn=cmd_stats)
     dr = sub.add_parser("doctor", help="check the kernel, privileges, libraries and an interface")
     dr.add_argument("iface", nargs="?", help="also check this interface")
