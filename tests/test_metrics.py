@@ -31,8 +31,8 @@ def samples(text: str) -> dict:
     return out
 
 
-def value(s: dict, name: str, **labels) -> float:
-    return s[(name, frozenset(labels.items()))]
+def value(s: dict, metric: str, **labels) -> float:
+    return s[(metric, frozenset(labels.items()))]
 
 
 @pytest.mark.parametrize("spec,want", [
@@ -194,7 +194,7 @@ def test_scrape_matches_stats_json(pair, tmp_path):
         lab = dict(consumer=str(c["id"]), pid=str(c["pid"]), name="metrics-test", group=G1)
         assert value(s, "xdprx_consumer_delivered_total", **lab) == c["delivered"] == n
         assert value(s, "xdprx_consumer_dropped_total", **lab) == c["dropped"] == 0
-        assert value(s, "xdprx_consumer_wakeups_total", **lab) == c["wakeups"] >= 1
+        assert value(s, "xdprx_consumer_wakeups_total", **lab) == c["wakeups"]
         assert value(s, "xdprx_consumers") == 1
         # between the two stats calls: a scrape is one more stats() (one attention return)
         for reason in ("stop", "attention", "tick"):
