@@ -65,8 +65,8 @@ def table(r: dict, title: str):
     """The live view: a rich Table."""
     from rich.table import Table
     t = Table(title=title, title_justify="left")
-    for col in ("", "delivered", "/s", "dropped", "wake-ups/s", "held"):
-        t.add_column(col, justify="left" if not col else "right")
+    for col in ("consumer", "delivered", "/s", "dropped", "wake-ups/s", "held"):
+        t.add_column(col, justify="left" if col == "consumer" else "right")
     t.caption = (f"rx {r['pps']:,.0f} pkts/s ({r['mbps']:.1f} Mb/s), "
                  f"{r['packets']:,d} in all | deliveries {r['deliveries_ps']:,.0f}/s | "
                  f"eventfd writes {r['eventfd_writes_ps']:,.0f}/s | drops {r['drops']:,d} "
