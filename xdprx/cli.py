@@ -48,6 +48,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         raise ConfigError("no interface given", remedy="pass IFACE (or iface = \"...\" in --config)")
     parse_groups(a.group)  # report bad input before touching the system
     parse_numa(a.numa)
+    if a.metrics is not None:
+        from .metrics import parse_listen
+        parse_listen(a.metrics)
     if not -20 <= a.nice <= 19:
         raise ConfigError(f"--nice {a.nice} out of range", remedy="use -20..19")
     uids, gids = parse_ids(a.allow_uid, "uid"), parse_ids(a.allow_gid, "gid")
@@ -58,7 +61,8 @@ def cmd_run(a: argparse.Namespace) -> int:
                   wake_usecs=a.wake_usecs)
     try:
         d = Daemon(rx, a.control or default_path(a.iface), interval=a.interval,
-                   json_lines=a.json, allow_uids=uids, allow_gids=gids, nice=a.nice)
+                   json_lines=a.json, allow_uids=uids, allow_gids=gids, nice=a.nice,
+                   metrics=a.metrics)
         d.serve(duration=a.duration)
     finally:
         rx.close()
@@ -75,6 +79,13 @@ def cmd_stats(a: argparse.Namespace) -> int:
     path = a.control or (default_path(a.iface) if a.iface else None)
     if not path:
         raise XdprxError("which daemon?", 0, "pass --control PATH (or the interface name)")
+    if a.watch:
+        from .watch import watch
+        return watch(lambda: request(path, {"cmd": "stats"})["stats"],
+                     1.0 if a.interval is None else a.interval, as_json=a.json,
+                     title=f"xdprx {path}")
+    if a.interval is not None:
+        raise ConfigError("--interval needs --watch", remedy="add --watch, or drop --interval")
     st = request(path, {"cmd": "stats"})["stats"]
     if a.json:
         print(json.dumps(st, indent=2))
@@ -141,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--interval", type=float, default=1.0, help="seconds between stat lines")
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     r.add_argument("--json", action="store_true", help="stat lines as JSON")
+    r.add_argument("--metrics", metavar="[ADDR:]PORT", default=None,
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics "
+                        "(ADDR default 0.0.0.0)")
     r.add_argument("--allow-uid", action="append", default=[], metavar="UID",
                    help="only these users (and root) may connect (names or numbers, repeatable)")
     r.add_argument("--allow-gid", action="append", default=[], metavar="GID",
@@ -175,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="counters of a running daemon")
     s.add_argument("iface", nargs="?")
     s.add_argument("--control")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="JSON (with --watch: one object a line)")
+    s.add_argument("--watch", action="store_true",
+                   help="live rates until Ctrl-C: a table on a terminal, plain lines otherwise")
+    s.add_argument("--interval", type=float, default=None, metavar="S",
+                   help="seconds between two samples with --watch (default 1)")
     s.set_defaults(fn=cmd_stats)
     dr = sub.add_parser("doctor", help="check the kernel, privileges, libraries and an interface")
     dr.add_argument("iface", nargs="?", help="also check this interface")

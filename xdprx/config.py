@@ -18,8 +18,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .errors import ConfigError
 
-# str options that may also be written as TOML integers (a uid, a NUMA node)
-INT_AS_STR = {"allow_uid", "allow_gid", "numa"}
+# str options that may also be written as TOML integers (a uid, a NUMA node, a port)
+INT_AS_STR = {"allow_uid", "allow_gid", "numa", "metrics"}
 NOT_IN_FILE = {"config", "help", "fn"}
 
 

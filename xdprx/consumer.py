@@ -5,6 +5,9 @@
     with xdprx.Subscriber("/run/xdprx/eth0.sock", "239.1.2.3:5000") as s:  # any process
         for batch in s: ...
 
+    async for batch in s: ...                                # asyncio: the eventfd
+    b = await s.recv_async(timeout=1.0)                      # on the running loop
+
 Both yield the same Batch as the Receiver. A consumer holds the frames of
 its current batch until its next recv() (or batch.release()); the frames are
 read-only for it. Falling behind costs only itself: past its quota it misses
@@ -12,6 +15,7 @@ packets (counted for it, and visible as gaps in the sequence numbers).
 """
 from __future__ import annotations
 
+import asyncio
 import errno as E
 import json
 import mmap
@@ -19,7 +23,7 @@ import os
 import select
 import socket
 import time
-from typing import Iterable, Iterator
+from typing import AsyncIterator, Iterable, Iterator
 
 import numpy as np
 from numba.core.dispatcher import Dispatcher
@@ -104,6 +108,8 @@ class Reader:
             "ctl": self._ctl, "fn": libc.table(), "pfd": self._pfd,
             "scratch": self._scratch}, context.CONS_FIELDS)
         self.daemon_gone = False
+        self._lifeline = lifeline
+        self._awaiting = False
 
     # ---- receive ---------------------------------------------------------------
     def _release_held(self) -> None:
@@ -162,6 +168,77 @@ class Reader:
     def __iter__(self) -> Iterator[Batch]:
         while not self.daemon_gone:
             b = self.recv(timeout=0.5)
+            if len(b):
+                yield b
+
+    # ---- asyncio ---------------------------------------------------------------
+    async def recv_async(self, timeout: float | None = None) -> Batch:
+        """recv() for asyncio: the next batch, awaiting the eventfd on the
+        running event loop instead of blocking the thread; empty if @timeout
+        (s) passes or the daemon has gone (`daemon_gone`). Sleep handshake as
+        in the compiled loop: look (recv(timeout=0)), arm (waiting = sleep
+        number, fence, look again), await the eventfd (and the lifeline
+        socket), drain it, disarm, look again; no wake-up is lost."""
+        if self._awaiting:
+            raise XdprxError("recv_async() is already awaited on this consumer", E.EBUSY,
+                             "await one recv_async() (or one `async for`) per consumer")
+        b = self.recv(timeout=0)
+        if len(b) or self.daemon_gone:
+            return b
+        ev = asyncio.get_running_loop()
+        end = None if timeout is None else ev.time() + timeout
+        self._awaiting = True
+        try:
+            while True:
+                if loop.cons_arm(self._cctx) == 0:
+                    left = None if end is None else end - ev.time()
+                    if left is not None and left <= 0:
+                        return self._empty_batch()
+                    await self._readable(ev, left)
+                b = self.recv(timeout=0)
+                if len(b) or self.daemon_gone:
+                    return b
+                if end is not None and ev.time() >= end:
+                    return b
+        finally:
+            self._awaiting = False
+            if self._v is not None:
+                self._v.waiting[0] = 0      # awake (also when cancelled)
+
+    async def _readable(self, ev: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+        """Await the eventfd or the lifeline socket (at most @timeout s), then
+        drain the eventfd and disarm; a readable lifeline means EOF: gone."""
+        fut = ev.create_future()
+
+        def ready(fd: int) -> None:
+            if not fut.done():
+                fut.set_result(fd)
+        fds = [self._efd] + ([self._lifeline] if self._lifeline >= 0 else [])
+        for fd in fds:
+            ev.add_reader(fd, ready, fd)
+        try:
+            await asyncio.wait((fut,), timeout=timeout)
+        finally:
+            for fd in fds:
+                ev.remove_reader(fd)
+            if not fut.done():
+                fut.cancel()
+        self._v.waiting[0] = 0
+        try:
+            os.eventfd_read(self._efd)          # non-blocking: EFD_NONBLOCK
+        except BlockingIOError:
+            pass
+        if self._lifeline >= 0 and fut.done() and not fut.cancelled() \
+                and fut.result() == self._lifeline:
+            self._ctl[loop.K_GONE] = 1          # the daemon never writes after its reply
+
+    def _empty_batch(self) -> Batch:
+        return Batch(self, 0)
+
+    async def __aiter__(self) -> AsyncIterator[Batch]:
+        """`async for batch in consumer`: batches until the daemon goes away."""
+        while not self.daemon_gone:
+            b = await self.recv_async()
             if len(b):
                 yield b
 

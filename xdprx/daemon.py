@@ -66,8 +66,13 @@ class Daemon:
     def __init__(self, rx: Receiver, control: str | None, out: TextIO = sys.stdout,
                  interval: float = 1.0, json_lines: bool = False,
                  allow_uids: set[int] | None = None, allow_gids: set[int] | None = None,
-                 nice: int | None = -10) -> None:
+                 nice: int | None = -10, metrics: str | None = None) -> None:
+        """@metrics: '[ADDR:]PORT' to serve Prometheus metrics on (metrics.py)."""
         self.rx = rx
+        self.metrics = None
+        if metrics is not None:
+            from .metrics import MetricsServer
+            self.metrics = MetricsServer(metrics, rx.stats)
         self.nice = nice
         self.notify = Notifier()     # systemd Type=notify; a no-op without NOTIFY_SOCKET
         self.out = out
@@ -77,8 +82,18 @@ class Daemon:
         self._switches = 0
         # handlers first: once the control socket exists, a signal must stop us cleanly
         self._old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.control = ControlServer(control, {"stats": self._stats, "subscribe": self._subscribe},
-                                     allow_uids, allow_gids) if control else None
+        try:
+            self.control = ControlServer(control, {"stats": self._stats,
+                                                   "subscribe": self._subscribe},
+                                         allow_uids, allow_gids) if control else None
+        except BaseException:
+            self._close_metrics()
+            raise
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     def _log(self, msg: str) -> None:
         print(f"xdprx: {msg}", file=self.out, flush=True)
@@ -144,6 +159,8 @@ class Daemon:
             print(f"xdprx: receiving on {self.rx.describe()}", file=self.out, flush=True)
             if self.control:
                 print(f"xdprx: control socket {self.control.path}", file=self.out, flush=True)
+            if self.metrics:
+                print(f"xdprx: metrics at {self.metrics.url}", file=self.out, flush=True)
             rx_thread.start()
             self.notify.ready(f"receiving on {self.rx.describe()}")
             while not self.stopping:
@@ -172,6 +189,7 @@ class Daemon:
             self.notify.stopping("stopping: leaving groups, detaching")
             self.rx.stop()
             rx_thread.join(timeout=30)
+            self._close_metrics()
             for s, h in self._old.items():
                 signal.signal(s, h)
             if self.control:

@@ -27,6 +27,7 @@ the arrays, call in, and handle what comes back. Read it top to bottom:
                (arm: waiting = sleep number, fence, look again) when empty
     cons_run_many  the same for many consumers on one thread: one sleep,
                one wake-up for all of them
+    cons_arm   the arm step alone, for recv_async() (asyncio awaits the eventfd)
 
 Control words (int64 `ctl`, written by Python, read here with relaxed atomic
 loads): K_STOP, K_ATTN (Python has work for the loop's thread), K_DEADLINE
@@ -393,6 +394,16 @@ def cons_recv(cctx, timeout_ns):
 
 
 @kernel
+def cons_arm(cctx):
+    """recv_async(): announce a sleep the way cons_sleep does (waiting = sleep
+    number, fence, look again) without sleeping: the caller awaits the eventfd
+    on its event loop, then stores 0 into waiting. Returns entries available
+    (0: await the eventfd; else waiting is already 0 again)."""
+    return CR.arm(a1(cctx, X.C_WAITING, np.uint32), a1(cctx, X.C_PROD, np.uint32),
+                  a1(cctx, X.C_LOCAL, np.int64))
+
+
+@kernel
 def cons_done(cctx):
     """Batch.release() of a consumer's batch."""
     cons_let_go(cctx)
@@ -512,6 +523,7 @@ def warm_consumer() -> None:
         return
     cons_recv.compile((CTX, I64))
     cons_done.compile((CTX,))
+    cons_arm.compile((CTX,))
     cons_run.compile((CTX, RO_U8, HANDLER, STATE, I64))
     cons_run.disable_compile()
     cons_run_many.compile((types.uint64[:, ::1], types.int32[::1], RO_U8, HANDLER,

@@ -504,11 +504,12 @@ class Receiver:
 
     def stats(self) -> dict:
         xs = self.xsk.statistics()
-        consumers, frames, numa, c = self._on_loop(
+        consumers, frames, numa, c, seqs = self._on_loop(
             lambda: (self.hub.consumer_stats(self.groups), self._frames(), self.numa_stats(),
-                     self._counters()))
+                     self._counters(), self._g_seq.tolist()))
         return {"interface": self.ifname, "queue": self.queue, "mode": self.mode,
                 "zerocopy": self.zerocopy, "groups": [str(g) for g in self.groups],
+                "group_packets": {str(g): n for g, n in zip(self.groups, seqs)},
                 "receiver": c, "xdp": self.prog.counters(), "xsk": xs,
                 "drops": xs["rx_dropped"] + xs["rx_ring_full"],
                 "frames": frames, "consumers": consumers, "numa": numa}
