@@ -9,10 +9,15 @@
  * take traffic away from the kernel.
  *
  * Parsed: Ethernet, up to two VLAN tags (802.1Q / 802.1ad), IPv4 with any
- * valid IHL, IPv6 with UDP as the first next header, UDP.
- * Passed: ARP, ICMP, unicast, unsubscribed groups, IPv4 fragments (first and
- * non-first: user space cannot reassemble), IPv6 extension headers,
- * and malformed frames (those are also counted as malformed).
+ * valid IHL, IPv6 with up to MAX_EXT_HDRS extension headers before UDP
+ * (hop-by-hop, only first; routing with segments left 0; destination options;
+ * an atomic fragment header, offset 0 and no more fragments), UDP.
+ * Passed: ARP, ICMP, unicast, unsubscribed groups, IPv4 and IPv6 fragments
+ * (first and non-first: user space cannot reassemble; counted as fragment
+ * when the protocol is UDP), IPv6 routing headers with segments left (not
+ * the final destination yet), more than MAX_EXT_HDRS IPv6 extension headers
+ * (counted as ext_limit), and malformed frames (those are also counted as
+ * malformed; a truncated extension header, or hop-by-hop not first, is).
  *
  * Maps (names are the user-space contract, see xdprx/bpfprog.py):
  *   xsks           XSKMAP, rx queue -> AF_XDP socket
@@ -30,14 +35,23 @@
 
 #define MAX_QUEUES 256
 #define MAX_SUBSCRIPTIONS 4096
+/* IPv6 extension headers walked before UDP; a longer chain is counted as
+ * ext_limit and passed. xdprx/packet.py (MAX_EXT_HDRS) must agree. */
+#define MAX_EXT_HDRS 4
+
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_DEST 60
 
 enum {
 	CNT_SEEN = 0,		/* every frame the program ran on */
 	CNT_REDIRECTED,		/* handed to bpf_redirect_map for an AF_XDP socket */
 	CNT_PASSED,		/* returned XDP_PASS (includes malformed) */
 	CNT_MALFORMED,		/* truncated or inconsistent headers */
-	CNT_FRAGMENT,		/* IPv4 fragments of a subscribed flow, or any */
+	CNT_FRAGMENT,		/* IPv4 / IPv6 fragments whose protocol is UDP */
 	CNT_NO_SOCKET,		/* subscribed, but no socket on this queue */
+	CNT_EXT_LIMIT,		/* IPv6: more than MAX_EXT_HDRS extension headers */
 	CNT_MAX,
 };
 
@@ -74,6 +88,20 @@ struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
 };
+
+/* IPv6 fragment header (the kernel's struct frag_hdr is not in uapi) */
+struct ip6_frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;	/* offset << 3 | 2 reserved bits | M */
+	__be32 identification;
+};
+
+static __always_inline int ipv6_ext(__u8 nh)
+{
+	return nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING || nh == NEXTHDR_FRAGMENT ||
+	       nh == NEXTHDR_DEST;
+}
 
 static __always_inline void count(__u32 idx)
 {
@@ -169,17 +197,63 @@ int xdprx_redirect(struct xdp_md *ctx)
 		__builtin_memcpy(&key.addr[12], &iph->daddr, 4);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
+		void *p;
+		__u8 nh;
 
 		if ((void *)(ip6 + 1) > data_end)
 			return malformed();
 		if (ip6->version != 6)
 			return malformed();
-		if (ip6->nexthdr != IPPROTO_UDP)
-			return pass();	/* extension headers: the kernel's job */
+		nh = ip6->nexthdr;
+		if (nh != IPPROTO_UDP && !ipv6_ext(nh))
+			return pass();
 		ip_end = (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len);
 		if (ip_end > data_end)
 			return malformed();
-		udp = (void *)(ip6 + 1);
+		p = ip6 + 1;
+		/* extension headers: each is at least 8 bytes, bounded by the IP
+		 * payload; at most MAX_EXT_HDRS of them (a bounded, unrolled walk) */
+#pragma unroll
+		for (i = 0; i < MAX_EXT_HDRS; i++) {
+			struct ipv6_opt_hdr *oh = p;
+			__u32 len;
+
+			if (nh == IPPROTO_UDP)
+				break;
+			if (!ipv6_ext(nh))
+				return pass();	/* e.g. ICMPv6 (MLD) behind hop-by-hop */
+			if (p + 8 > data_end || p + 8 > ip_end)
+				return malformed();
+			if (nh == NEXTHDR_HOP && i > 0)
+				return malformed();	/* RFC 8200: hop-by-hop only first */
+			if (nh == NEXTHDR_FRAGMENT) {
+				struct ip6_frag_hdr *fh = p;
+
+				/* any fragment (offset != 0 or M set): the kernel's */
+				if (fh->frag_off & bpf_htons(0xfff9)) {
+					if (fh->nexthdr == IPPROTO_UDP)
+						count(CNT_FRAGMENT);
+					return pass();
+				}
+				len = 8;	/* atomic fragment: a whole datagram */
+			} else {
+				/* segments left: not at its final destination yet */
+				if (nh == NEXTHDR_ROUTING &&
+				    ((struct ipv6_rt_hdr *)p)->segments_left)
+					return pass();
+				len = ((__u32)oh->hdrlen + 1) * 8;
+			}
+			if (p + len > ip_end)
+				return malformed();
+			nh = oh->nexthdr;
+			p += len;
+		}
+		if (nh != IPPROTO_UDP) {
+			if (ipv6_ext(nh))
+				count(CNT_EXT_LIMIT);	/* beyond the bound: never silently */
+			return pass();
+		}
+		udp = p;
 		if (!udp_ok(udp, ip_end, data_end))
 			return malformed();
 		key.port = udp->dest;

@@ -19,6 +19,22 @@ def good4(data: bytes, **kw) -> bytes:
     return T.ipv4(G4, T.udp(40000, P, data), **kw)
 
 
+def chain6(headers, upper: bytes, last: int = 17) -> bytes:
+    """IPv6 frame to G6 behind extension headers [(kind, kwargs), ...], then
+    @upper (protocol @last)."""
+    kinds = [k for k, _ in headers] + [last]
+    body = b"".join(T.ext6(k, kinds[i + 1], **kw) for i, (k, kw) in enumerate(headers))
+    return T.eth(T.ipv6(G6, body + upper, nexthdr=kinds[0]), 0x86DD, dst=MC6)
+
+
+def plen6(frame: bytes, n: int) -> bytes:
+    """@frame with its IPv6 payload length set to @n."""
+    return frame[:18] + n.to_bytes(2, "big") + frame[20:]
+
+
+HBH, RT, FRAG, DST = (0, {}), (43, {}), (44, {}), (60, {})
+
+
 # (name, frame, expected outcome)
 CASES = [
     ("ip header cut short", T.eth(good4(b"x" * 20)[:12], 0x0800), "malformed"),
@@ -36,8 +52,25 @@ CASES = [
      "malformed"),
     ("first fragment (MF)", T.eth(good4(b"frag", frag=0x2000), 0x0800), "fragment"),
     ("non-first fragment", T.eth(good4(b"frag", frag=100), 0x0800), "fragment"),
-    ("ipv6 hop-by-hop header", T.eth(T.ipv6(G6, b"\x11\x00" + b"\x00" * 6 + T.udp(1, P, b"abcd"),
-                                            nexthdr=0), 0x86DD, dst=MC6), "passed"),
+    # IPv6 extension headers (bpf/redirect.c MAX_EXT_HDRS = 4)
+    ("ipv6 5 extension headers", chain6([HBH] + [DST] * 4, T.udp(1, P, b"five")), "ext_limit"),
+    ("ipv6 6 extension headers", chain6([HBH] + [DST] * 5, T.udp(1, P, b"six")), "ext_limit"),
+    ("ipv6 hop-by-hop cut short by the frame", chain6([HBH], b"")[:14 + 40 + 4], "malformed"),
+    ("ipv6 hop-by-hop cut short by payload_len",
+     T.eth(T.ipv6(G6, b"\x11\x00\x01\x00", nexthdr=0), 0x86DD, dst=MC6), "malformed"),
+    ("ipv6 hop-by-hop longer than payload_len",
+     plen6(chain6([(0, {"size": 64})], T.udp(1, P, b"abcd")), 32), "malformed"),
+    ("ipv6 hdrlen beyond the payload",
+     T.eth(T.ipv6(G6, b"\x11\x7f\x01\x04" + bytes(4) + T.udp(1, P, b"abcd"), nexthdr=60),
+           0x86DD, dst=MC6), "malformed"),
+    ("ipv6 hop-by-hop not first", chain6([DST, HBH], T.udp(1, P, b"abcd")), "malformed"),
+    ("ipv6 udp cut short behind dst opts", chain6([DST], b"\x00\x01\x13"), "malformed"),
+    ("ipv6 first fragment (M)", chain6([(44, {"frag_off": 1})], T.udp(1, P, b"frag")), "fragment"),
+    ("ipv6 non-first fragment", chain6([HBH, (44, {"frag_off": 100 << 3})], b"frag"),
+     "fragment"),
+    ("ipv6 routing, segments left", chain6([(43, {"segments_left": 1})], T.udp(1, P, b"abcd")),
+     "passed"),
+    ("ipv6 hop-by-hop + icmpv6 (mld)", chain6([HBH], b"\x8f\x00" + bytes(6), last=58), "passed"),
     ("three vlan tags", T.eth(good4(b"abcd"), 0x0800, vlans=(1, 2, 3)), "passed"),
     ("tcp", T.eth(T.ipv4(G4, b"\x00" * 20, proto=6), 0x0800), "passed"),
     ("arp", T.eth(b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x00" * 20, 0x0806,
@@ -46,9 +79,21 @@ CASES = [
     ("802.1ad + 802.1Q", T.eth(good4(b"two vlan tags"), 0x0800, vlans=(100, 200)), "delivered"),
     ("ip options (ihl 6)", T.eth(good4(b"with options", ihl=6), 0x0800), "delivered"),
     ("ipv6", T.eth(T.ipv6(G6, T.udp(1, P, b"over ipv6")), 0x86DD, dst=MC6), "delivered"),
+    ("ipv6 hop-by-hop", chain6([HBH], T.udp(1, P, b"behind hbh")), "delivered"),
+    ("ipv6 destination options", chain6([(60, {"size": 16})], T.udp(1, P, b"behind dst")),
+     "delivered"),
+    ("ipv6 routing", chain6([RT], T.udp(1, P, b"behind rt")), "delivered"),
+    ("ipv6 hop-by-hop + dst opts", chain6([HBH, DST], T.udp(1, P, b"behind two")), "delivered"),
+    ("ipv6 atomic fragment", chain6([FRAG], T.udp(1, P, b"atomic frag")), "delivered"),
+    ("ipv6 4 extension headers", chain6([HBH, DST, RT, DST], T.udp(1, P, b"behind four")),
+     "delivered"),
     ("udp length shorter than ip payload",
      T.eth(T.ipv4(G4, T.udp(1, P, b"keep" + b"trailer", length=12)), 0x0800), "delivered"),
 ]
+
+# the payloads of the "delivered" cases, in order
+PAYLOADS = [b"one vlan tag", b"two vlan tags", b"with options", b"over ipv6", b"behind hbh",
+            b"behind dst", b"behind rt", b"behind two", b"atomic frag", b"behind four", b"keep"]
 
 
 def test_cases_are_distinct():
@@ -70,15 +115,16 @@ def test_malformed_frames_counted_never_crash(pair, mode):
         after = rx.stats()
         rx.umem.pool.check()
     d = {k: after["xdp"][k] - before[k] for k in before}
-    expect = {o: sum(1 for c in CASES if c[2] == o) for o in ("malformed", "fragment", "delivered")}
+    expect = {o: sum(1 for c in CASES if c[2] == o)
+              for o in ("malformed", "fragment", "ext_limit", "delivered")}
     assert d["malformed"] == expect["malformed"]
     assert d["fragment"] == expect["fragment"]
+    assert d["ext_limit"] == expect["ext_limit"]
     assert d["redirected"] == expect["delivered"]
     # nothing vanished: everything seen was redirected or passed to the kernel
     assert d["seen"] == d["redirected"] + d["passed"]
     assert d["seen"] >= len(CASES)
-    assert [p for _, p, _ in got] == [b"one vlan tag", b"two vlan tags", b"with options",
-                                      b"over ipv6", b"keep"]
+    assert [p for _, p, _ in got] == PAYLOADS
     assert after["receiver"]["rejected"] == 0 and after["drops"] == 0
 
 
@@ -95,5 +141,5 @@ def test_user_space_parser_agrees(name, frame, outcome):
     off, ln, sub = _parse(np.frombuffer(frame, np.uint8).copy(), ga, gp)
     assert (sub >= 0) == (outcome == "delivered")
     if sub >= 0:
-        assert frame[off:off + ln] in (b"one vlan tag", b"two vlan tags", b"with options",
-                                       b"over ipv6", b"keep")
+        assert frame[off:off + ln] == PAYLOADS[[c[1] for c in CASES if c[2] == "delivered"]
+                                               .index(frame)]

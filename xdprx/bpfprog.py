@@ -25,7 +25,8 @@ from .jit import cache_dir
 
 SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "redirect.c"
 PROG_NAME = b"xdprx_redirect"
-COUNTER_NAMES = ("seen", "redirected", "passed", "malformed", "fragment", "no_socket")
+COUNTER_NAMES = ("seen", "redirected", "passed", "malformed", "fragment", "no_socket",
+                 "ext_limit")
 MODES = {"native": native.XDP_FLAGS_DRV_MODE, "skb": native.XDP_FLAGS_SKB_MODE}
 
 

@@ -10,6 +10,16 @@ from __future__ import annotations
 from .jit import inline
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
+IPPROTO_UDP = 17
+NEXTHDR_HOP, NEXTHDR_ROUTING, NEXTHDR_FRAGMENT, NEXTHDR_DEST = 0, 43, 44, 60
+# IPv6 extension headers walked before UDP; bpf/redirect.c's MAX_EXT_HDRS
+MAX_EXT_HDRS = 4
+
+
+@inline
+def ipv6_ext(nh):
+    return nh == NEXTHDR_HOP or nh == NEXTHDR_ROUTING or nh == NEXTHDR_FRAGMENT \
+        or nh == NEXTHDR_DEST
 
 
 @inline
@@ -66,12 +76,34 @@ def parse_udp(b, p, end, g_addr, g_port):
             return 0, 0, -1
         daddr, v4, u, ip_end = p + 16, True, p + ihl, p + tot
     elif et == ETH_P_IPV6:
-        if end - p < 40 or (b[p] >> 4) != 6 or b[p + 6] != 17:
+        if end - p < 40 or (b[p] >> 4) != 6:
             return 0, 0, -1
         ip_end = p + 40 + be16(b, p + 4)
         if ip_end > end:
             return 0, 0, -1
-        daddr, v4, u = p + 24, False, p + 40
+        # the XDP program's walk: same headers, same bound, same rejections
+        nh = int(b[p + 6])
+        u = p + 40
+        for i in range(MAX_EXT_HDRS):
+            if nh == IPPROTO_UDP:
+                break
+            if not ipv6_ext(nh) or ip_end - u < 8 or (nh == NEXTHDR_HOP and i > 0):
+                return 0, 0, -1
+            if nh == NEXTHDR_FRAGMENT:
+                if be16(b, u + 2) & 0xFFF9:  # a fragment: offset != 0 or M set
+                    return 0, 0, -1
+                hl = 8  # atomic fragment
+            else:
+                if nh == NEXTHDR_ROUTING and b[u + 3] != 0:  # segments left
+                    return 0, 0, -1
+                hl = (int(b[u + 1]) + 1) * 8
+            if ip_end - u < hl:
+                return 0, 0, -1
+            nh = int(b[u])
+            u += hl
+        if nh != IPPROTO_UDP:
+            return 0, 0, -1
+        daddr, v4 = p + 24, False
     else:
         return 0, 0, -1
     if ip_end - u < 8:

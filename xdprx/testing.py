@@ -266,6 +266,20 @@ def ipv6(dst: str, payload: bytes, nexthdr: int = 17, src: str = VethPair.tx_ip6
                        socket.inet_pton(socket.AF_INET6, dst)) + payload
 
 
+def ext6(kind: int, nexthdr: int, size: int = 8, frag_off: int = 0,
+         segments_left: int = 0) -> bytes:
+    """One IPv6 extension header, @size bytes (a multiple of 8; fragment: 8),
+    followed by @nexthdr: hop-by-hop (0) and destination options (60) carry
+    PadN, routing (43) is type 4 with @segments_left, fragment (44) carries
+    @frag_off (offset << 3 | M)."""
+    if kind == 44:
+        return struct.pack("!BBHI", nexthdr, 0, frag_off, 0x1234)
+    assert size >= 8 and size % 8 == 0 and size <= 2048
+    if kind == 43:
+        return struct.pack("!BBBB", nexthdr, size // 8 - 1, 4, segments_left) + bytes(size - 4)
+    return struct.pack("!BBBB", nexthdr, size // 8 - 1, 1, size - 4) + bytes(size - 4)
+
+
 def _csum(b: bytes) -> int:
     s = sum(struct.unpack(f"!{len(b) // 2}H", b))
     while s >> 16:
