@@ -196,6 +196,7 @@ def rx_loop(ctx, umem_ro, handler, state):
     self_ref = ctl[K_SELF_REF]
     off, ln = a1(ctx, X.OUT_OFF, np.uint64), a1(ctx, X.OUT_LEN, np.uint32)
     seq, sub = a1(ctx, X.OUT_SEQ, np.uint64), a1(ctx, X.OUT_SUB, np.int32)
+    rx_prod, rx_local = a1(ctx, X.RX_PROD, np.uint32), a1(ctx, X.RX_LOCAL, np.int64)
     while True:
         if load_relaxed(ctl[K_STOP:]) != 0:
             stats[bulk.S_RET_STOP] += 1
@@ -215,7 +216,12 @@ def rx_loop(ctx, umem_ro, handler, state):
             rx_release_n(ctx, n)
             if r != 0:
                 return R_HANDLER
-        if stats[bulk.S_BATCHES] != batches or rx_spin(ctx, now):
+        # more already waiting: the next burst at once; a batch that emptied
+        # the ring goes straight to sleep (a second, empty burst would cost
+        # as much as the wake-up's own work at low rates)
+        if stats[bulk.S_BATCHES] != batches and np.int64(load_relaxed(rx_prod)) != rx_local[1]:
+            continue
+        if rx_spin(ctx, now):
             continue
         rx_sleep(ctx, now, min(ctl[K_DEADLINE], due))
 
@@ -518,7 +524,10 @@ def warm_rx() -> None:
 
 
 def warm_consumer() -> None:
-    """A consumer's kernels (caller holds jit.cache_lock)."""
+    """A consumer's kernels (caller holds jit.cache_lock): loaded, then each
+    called once on an empty ring of its own, because a cached kernel's first
+    call still costs ~10 ms (the object code is linked then): a Subscriber's
+    first recv() must find everything ready."""
     if not cons_run._can_compile:
         return
     cons_recv.compile((CTX, I64))
@@ -529,3 +538,30 @@ def warm_consumer() -> None:
     cons_run_many.compile((types.uint64[:, ::1], types.int32[::1], RO_U8, HANDLER,
                            types.int64[:, ::1], I64))
     cons_run_many.disable_compile()
+    keep, ctx = _empty_consumer()
+    umem = keep["umem"].view()
+    umem.setflags(write=False)
+    state = np.zeros(1, np.int64)
+    cons_recv(ctx, 0)
+    cons_done(ctx)
+    cons_arm(ctx)
+    cons_run(ctx, umem, no_handler, state, 0)
+    cons_run_many(ctx.reshape(1, -1), keep["pfd"], umem, no_handler, state.reshape(1, -1), 0)
+
+
+def _empty_consumer() -> tuple[dict, np.ndarray]:
+    """A consumer context over an empty ring in private arrays (warm-up)."""
+    from .libc import table
+    arrays = {
+        "prod": np.zeros(1, np.uint32), "slots": np.zeros(64, np.uint64),
+        "local": np.zeros(2, np.int64), "umem": np.zeros(4096, np.uint8),
+        "next_seq": np.zeros(1, np.uint64), "counts": np.zeros(8, np.int64),
+        "out_frame": np.zeros(4, np.uint64), "out_off": np.zeros(4, np.uint64),
+        "out_len": np.zeros(4, np.uint32), "out_seq": np.zeros(4, np.uint64),
+        "out_sub": np.zeros(4, np.int32), "cons": np.zeros(1, np.uint32),
+        "waiting": np.zeros(2, np.uint32), "feedback": np.zeros(3, np.uint64),
+        "status": np.zeros(1, np.uint32), "ctl": new_ctl(), "fn": table(),
+        "pfd": np.full(N_PFD, -1, np.int32), "scratch": np.zeros(4, np.int64)}
+    arrays["ctl"][K_BATCH] = 4
+    arrays["ctl"][K_SHIFT] = 11
+    return arrays, X.make(arrays, X.CONS_FIELDS)
