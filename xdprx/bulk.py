@@ -150,7 +150,7 @@ def fan_out(ctab, sub_start, sub_cons, sub, base, hub, meta):
 @inline
 def waiting_of(ctab, c):
     """Consumer @c's `waiting` word: 0 awake, else the number of its current
-    sleep (cring.cring_arm)."""
+    sleep (cring.arm)."""
     return np.int64(load_relaxed(raw(ctab[c, C_CTL] + CR.CTL_WAITING, 1, np.uint32)))
 
 

@@ -231,9 +231,3 @@ def arm(waiting, prod, local):
     if avail:
         store_relaxed(waiting, 0)
     return avail
-
-
-@kernel
-def cring_arm(waiting, prod, local):
-    """arm() as a kernel of its own (tests)."""
-    return arm(waiting, prod, local)

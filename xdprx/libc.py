@@ -13,6 +13,7 @@ pass both in integer registers) and returns its int result sign-extended.
 from __future__ import annotations
 
 import ctypes
+import platform
 
 import numpy as np
 from llvmlite import ir
@@ -23,21 +24,15 @@ from . import native
 from .jit import inline
 
 # slots of table(): one C function each
-(FN_CLOCK, FN_PPOLL, FN_READ, FN_WRITE, FN_RECVFROM, FN_GETCPU, FN_EPOLL_PWAIT2) = range(7)
+(FN_CLOCK, FN_WRITE, FN_RECVFROM, FN_GETCPU, FN_EPOLL_PWAIT2) = range(5)
 N_FN = 8
-_NAMES = ("clock_gettime", "ppoll", "read", "write", "recvfrom", "getcpu", "epoll_pwait2")
-# ssize_t (64-bit) results; the others are int
-_WIDE = {"read", "write", "recvfrom"}
-
-import platform  # noqa: E402
+_NAMES = ("clock_gettime", "write", "recvfrom", "getcpu", "epoll_pwait2")
 
 CLOCK_MONOTONIC = 1
 # struct epoll_event {u32 events; u64 data}: packed on x86-64 (12 bytes)
 EPOLL_EVENT_WORDS = 3 if platform.machine() == "x86_64" else 4   # in int32 words
 EPOLL_DATA_WORD = 1 if EPOLL_EVENT_WORDS == 3 else 2
-POLLIN, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x8, 0x10, 0x20
 MSG_DONTWAIT = 0x40
-PR_SET_TIMERSLACK = 29
 
 _table: np.ndarray | None = None
 
@@ -84,12 +79,6 @@ def ccall3(typingctx, fn, a, b, c):
 
 
 @intrinsic
-def ccall4(typingctx, fn, a, b, c, d):
-    if _check(fn, a, b, c, d):
-        return types.int64(fn, a, b, c, d), _codegen(4)
-
-
-@intrinsic
 def ccall5(typingctx, fn, a, b, c, d, e):
     if _check(fn, a, b, c, d, e):
         return types.int64(fn, a, b, c, d, e), _codegen(5)
@@ -109,21 +98,6 @@ def now_ns(fn, ts):
     """CLOCK_MONOTONIC in ns (vDSO, ~30 ns); @ts: an int64[2] scratch timespec."""
     ccall2(fn[FN_CLOCK], CLOCK_MONOTONIC, ts.ctypes.data)
     return ts[0] * 1000000000 + ts[1]
-
-
-@inline
-def ppoll_ns(fn, pfd, nfds, timeout_ns, ts):
-    """ppoll(2) on @nfds pollfds (int32 pairs: fd, events | revents << 16),
-    for at most @timeout_ns (< 0: forever). Returns the ready count (or -1)."""
-    for i in range(nfds):
-        pfd[2 * i + 1] &= 0xFFFF      # clear revents
-    if timeout_ns < 0:
-        r = ccall4(fn[FN_PPOLL], pfd.ctypes.data, nfds, 0, 0)
-    else:
-        ts[0] = timeout_ns // 1000000000
-        ts[1] = timeout_ns % 1000000000
-        r = ccall4(fn[FN_PPOLL], pfd.ctypes.data, nfds, ts.ctypes.data, 0)
-    return np.int64(np.int32(r & 0xFFFFFFFF))
 
 
 @inline
@@ -149,21 +123,10 @@ def epoll_data(events, i):
 
 
 @inline
-def revents(pfd, i):
-    return (pfd[2 * i + 1] >> 16) & 0xFFFF
-
-
-@inline
 def efd_write(fn, fd, one):
     """Add 1 to eventfd @fd (@one: uint64[1] holding 1). EAGAIN (counter
     saturated) means the reader is awake anyway."""
     return ccall3(fn[FN_WRITE], fd, one.ctypes.data, 8)
-
-
-@inline
-def efd_drain(fn, fd, scratch):
-    """Reset nonblocking eventfd @fd (read its counter into @scratch)."""
-    return ccall3(fn[FN_READ], fd, scratch.ctypes.data, 8)
 
 
 @inline
