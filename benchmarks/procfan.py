@@ -86,8 +86,7 @@ def xdprx(pair: VethPair, n: int, seconds: float, daemon_cpu: str, ctl_dir: str,
     assert res["failed"] == 0, err
     g = json.loads(gout)
     return {"deliveries_per_s": res["deliveries"] / res["seconds"],
-            "offered_pps": g["sent"] / g["seconds"],
-            "min_per_consumer_share": res["min_per_consumer"] * n / max(res["deliveries"], 1)}
+            "offered_pps": g["sent"] / g["seconds"]}
 
 
 def run(n: int = 16, seconds: float = 3.0, reps: int = 3) -> dict:
