@@ -58,6 +58,21 @@ def prepare(handler) -> Dispatcher:
     return handler
 
 
+def handler_state(state: np.ndarray | None, rows: int | None = None) -> np.ndarray:
+    """A handler's state: 1-d int64 (or @rows rows of it, for run_many),
+    contiguous; zeros when None."""
+    if state is None:
+        return np.zeros(1 if rows is None else (rows, 1), np.int64)
+    want = 1 if rows is None else 2
+    if (state.dtype != np.int64 or state.ndim != want or not state.flags.c_contiguous
+            or (rows is not None and state.shape[0] != rows)):
+        what = ("a 1-d contiguous int64 array" if rows is None
+                else f"a contiguous int64 array of {rows} rows")
+        example = "np.zeros(8, np.int64)" if rows is None else f"np.zeros(({rows}, 8), np.int64)"
+        raise ConfigError(f"state must be {what}", remedy=f"pass e.g. {example}")
+    return state
+
+
 class Reader:
     """The consumer side of one consumer ring (shared by both kinds): a driver
     around the compiled consume loop (loop.cons_*)."""
@@ -136,10 +151,7 @@ class Reader:
         the daemon goes away. Returns why: "handler", "stop", "duration",
         "count" or "gone". The handler is compiled for the read-only UMEM first."""
         h = prepare(handler)
-        state = np.zeros(1, np.int64) if state is None else state
-        if state.dtype != np.int64 or state.ndim != 1 or not state.flags.c_contiguous:
-            raise ConfigError("state must be a 1-d contiguous int64 array",
-                              remedy="pass e.g. np.zeros(8, np.int64)")
+        state = handler_state(state)
         end = None if duration is None else time.monotonic() + duration
         # back in Python this often (signals, duration, count): rarely, since
         # every return needs the GIL, and with many consumer threads in one
@@ -275,11 +287,7 @@ def run_many(readers: list[Reader], handler, states: np.ndarray | None = None,
                           remedy="group consumers of one Receiver, or of one daemon")
     h = prepare(handler)
     n = len(readers)
-    states = np.zeros((n, 1), np.int64) if states is None else states
-    if (states.dtype != np.int64 or states.ndim != 2 or states.shape[0] != n
-            or not states.flags.c_contiguous):
-        raise ConfigError(f"states must be a contiguous int64 array of {n} rows",
-                          remedy=f"pass e.g. np.zeros(({n}, 8), np.int64)")
+    states = handler_state(states, n)
     cctxs = np.ascontiguousarray(np.stack([r._cctx for r in readers]))
     ep = select.epoll()
     try:

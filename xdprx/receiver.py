@@ -317,12 +317,9 @@ class Receiver:
         loop.py; compiled for its real types before the first packet).
         @nice: this thread's nice value (e.g. -10, so that consumers sharing
         its CPU never starve the receive loop). Returns why it stopped."""
-        from .consumer import prepare
+        from .consumer import handler_state, prepare
         h = loop.no_handler if handler is None else prepare(handler)
-        state = np.zeros(1, np.int64) if state is None else state
-        if state.dtype != np.int64 or state.ndim != 1 or not state.flags.c_contiguous:
-            raise ConfigError("state must be a 1-d contiguous int64 array",
-                              remedy="pass e.g. np.zeros(8, np.int64)")
+        state = handler_state(state)
         if nice is not None:
             _set_nice(nice)
         # the loop sleeps until moderated wake-ups fall due (tens of us): the
