@@ -41,7 +41,7 @@ STAT_NAMES = ("packets", "bytes", "rejected", "violations", "filled", "batches",
               "wakeups", "released", "deliveries", "consumer_drops", "undelivered",
               "fill_empty", "own_bytes",
               # the compiled loop (loop.py): eventfd writes to consumers, sleeps in
-              # ppoll, returns to Python by reason, need_wakeup kicks, run() handler calls
+              # epoll, returns to Python by reason, need_wakeup kicks, run() handler calls
               "eventfd_writes", "sleeps", "returns_stop", "returns_attention",
               "returns_tick", "kicks", "handler_calls")
 N_STATS = 24

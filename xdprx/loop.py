@@ -18,7 +18,7 @@ the arrays, call in, and handle what comes back. Read it top to bottom:
       wake    eventfd writes for sleeping consumers, moderated: a consumer is
               woken when `wake_batch` entries wait for it or `wake_ns` after
               the first one (bulk.publish / bulk.wake_due), once per sleep
-      poll    ppoll on the socket and the attention eventfd, for at most the
+      poll    epoll on the socket and the attention eventfd, for at most the
               time to the next due wake-up or tick; FILL running low shortens it
 
   consume side (one per consumer; `cons_*`)
@@ -67,7 +67,6 @@ TICK_DUE = 1 << 40          # added to rx_recv's result: a tick is due
 
 # why a loop returned (also counted in stats)
 R_STOP, R_ATTN, R_TICK, R_HANDLER, R_GONE, R_TIMEOUT = range(6)
-REASONS = ("stop", "attention", "tick", "handler", "gone", "timeout")
 
 # the handler's type: the loops are compiled once for this signature
 RO_U8 = types.Array(types.uint8, 1, "C", readonly=True)
@@ -93,7 +92,7 @@ def new_ctl() -> np.ndarray:
 
 def signal_ctl(ctl: np.ndarray, word: int, efd: int) -> None:
     """From Python, any thread (or a signal handler): set @word, then wake the
-    loop from its ppoll through the attention eventfd @efd."""
+    loop from its epoll wait through the attention eventfd @efd."""
     import os
     ctl[word] = 1
     try:

@@ -44,7 +44,7 @@ RECEIVER = {
     "consumer_drops": ("consumer_drops", "Packets missed by consumers at their quota (all consumers)"),
     "undelivered": ("undelivered", "Packets nobody took (no consumer, no application batch)"),
     "eventfd_writes": ("eventfd_writes", "Eventfd writes waking sleeping consumers"),
-    "sleeps": ("loop_sleeps", "Times the receive loop slept in ppoll"),
+    "sleeps": ("loop_sleeps", "Times the receive loop slept in epoll"),
     "handler_calls": ("handler_calls", "run(handler) calls of the receive loop"),
 }
 RETURNS = ("stop", "attention", "tick")

@@ -137,7 +137,7 @@ class Receiver:
         self._mv = memoryview(self.umem.area)
         self._area_ro = self.umem.area.view()
         self._area_ro.setflags(write=False)    # what a handler sees
-        # the compiled loop's control words and ppoll set: the socket, and an
+        # the compiled loop's control words and sleep set: the socket, and an
         # eventfd other threads write to get the loop's attention
         self._ctl = loop.new_ctl()
         self._ctl[loop.K_REFILL_MIN] = refill_min
