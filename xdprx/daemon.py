@@ -17,7 +17,7 @@ from typing import TextIO
 from .control import ControlServer, Peer, Reply
 from .notify import Notifier
 from .cring import reopen_readonly
-from .receiver import Receiver
+from .receiver import Receiver, set_nice
 
 
 def format_line(st: dict, prev: dict | None, dt: float) -> str:
@@ -69,6 +69,13 @@ class Daemon:
                  nice: int | None = -10, metrics: str | None = None) -> None:
         """@metrics: '[ADDR:]PORT' to serve Prometheus metrics on (metrics.py)."""
         self.rx = rx
+        if nice is not None:
+            # every thread of the daemon, not only the receive loop's: the loop
+            # needs the GIL whenever it returns, and a control or main thread
+            # holding it at a lower priority than busy consumers sharing the
+            # CPU would stall it for many ms (priority inversion through the
+            # GIL). The threads started from here on inherit it.
+            set_nice(nice)
         self.metrics = None
         if metrics is not None:
             from .metrics import MetricsServer

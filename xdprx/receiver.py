@@ -321,7 +321,7 @@ class Receiver:
         h = loop.no_handler if handler is None else prepare(handler)
         state = handler_state(state)
         if nice is not None:
-            _set_nice(nice)
+            set_nice(nice)
         # the loop sleeps until moderated wake-ups fall due (tens of us): the
         # default 50 us timer slack would double those times
         native.libc.prctl(native.PR_SET_TIMERSLACK, 1000, 0, 0, 0)
@@ -569,8 +569,9 @@ class Receiver:
             self.close()
 
 
-def _set_nice(nice: int) -> None:
-    """This thread's nice value (Linux: per thread); refused without CAP_SYS_NICE."""
+def set_nice(nice: int) -> None:
+    """The calling thread's nice value (Linux: per thread; threads it starts
+    inherit it); refused without CAP_SYS_NICE, then only logged."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except OSError as e:
