@@ -59,3 +59,37 @@ def check_hashes(state, want, n):
     assert len(bad) == 0, f"{len(bad)} payloads differ, first at seq {bad[:5]}"
 
 
+
+
+# multi-queue: [packets, stop after, per queue n, -, count of queue 0..3, hashes of
+# queue q at MQ_HASH + q * n + seq]; the queue's index is the seq's top byte
+MQ_N, MQ_COUNT, MQ_HASH, MQ_MAX = 2, 4, 8, 4
+LOW56 = np.uint64((1 << 56) - 1)
+
+
+@numba.njit(cache=True)
+def record_q(umem, offsets, lengths, seqs, groups, state):
+    n = state[MQ_N]
+    for i in range(offsets.shape[0]):
+        q = np.int64(seqs[i] >> np.uint64(56))
+        s = np.int64(seqs[i] & LOW56)
+        if q < MQ_MAX:
+            state[MQ_COUNT + q] += 1
+            if s < n:
+                state[MQ_HASH + q * n + s] = fnv(umem, offsets[i], lengths[i])
+        state[S_PKTS] += 1
+    return 1 if state[S_STOP] != 0 and state[S_PKTS] >= state[S_STOP] else 0
+
+
+def new_state_q(n, stop=0):
+    st = np.zeros(MQ_HASH + MQ_MAX * n, np.int64)
+    st[S_STOP], st[MQ_N] = stop, n
+    return st
+
+
+def check_queues(state, wants, n):
+    """Queue q's hashes against wants[q] (all n packets, in seq order)."""
+    for q, want in enumerate(wants):
+        got = state[MQ_HASH + q * n: MQ_HASH + (q + 1) * n]
+        bad = np.flatnonzero(got != want[:n])
+        assert len(bad) == 0, f"queue {q}: {len(bad)} payloads differ or missing, first {bad[:5]}"

@@ -161,6 +161,8 @@ class XdpProgram:
                 break
         raise from_errno(f"attaching the XDP program to {ifname} in {mode} mode", last,
                          "" if last in (E.EPERM, E.EACCES) else
+                         "veth: native XDP needs as many RX queues as the peer has TX queues "
+                         "(ethtool -L PEER tx N), or --mode skb" if last == E.ENOSPC else
                          "try --mode skb, which every driver supports")
 
     def set_socket(self, queue: int, xsk_fd: int) -> None:

@@ -17,7 +17,13 @@ EXIT_USAGE = 2
 def _add_rx_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", action="append", default=[], metavar="G:PORT",
                    help="multicast group and UDP port, e.g. 239.1.2.3:5000 (repeatable)")
-    p.add_argument("--queue", type=int, default=0, help="NIC rx queue (default 0)")
+    p.add_argument("--queues", default=None, metavar="all|N|A-B|A,B",
+                   help="RX queues to receive from, one AF_XDP socket and receive loop each "
+                        "(default: all of the interface's; N: the first N)")
+    p.add_argument("--queue", type=int, default=None, help="one RX queue (same as --queues Q-Q)")
+    p.add_argument("--cpus", default=None, metavar="LIST",
+                   help="pin the receive loops, one CPU per queue in order, e.g. 2,3 "
+                        "(default: each queue's IRQ affinity when known, else unpinned)")
     p.add_argument("--mode", choices=("auto", "native", "skb"), default="auto",
                    help="XDP attach mode (auto: native, else skb)")
     p.add_argument("--frames", type=int, default=4096,
@@ -54,7 +60,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     if not -20 <= a.nice <= 19:
         raise ConfigError(f"--nice {a.nice} out of range", remedy="use -20..19")
     uids, gids = parse_ids(a.allow_uid, "uid"), parse_ids(a.allow_gid, "gid")
-    rx = Receiver(a.iface, a.group, queue=a.queue, mode=a.mode, frames=a.frames,
+    if a.queue is not None and a.queues is not None:
+        raise ConfigError("both --queue and --queues given", remedy="use --queues alone")
+    rx = Receiver(a.iface, a.group, queue=a.queue, queues=a.queues, cpus=a.cpus,
+                  mode=a.mode, frames=a.frames,
                   frame_size=a.frame_size, batch_size=a.batch, max_frames=a.max_frames,
                   hugepages=a.hugepages, reserve=a.reserve, numa=a.numa,
                   topology=Topology(a.numa_sysfs), spin=a.spin, wake_batch=a.wake_batch,
@@ -95,6 +104,11 @@ def cmd_stats(a: argparse.Namespace) -> int:
         for k in ("receiver", "xdp", "xsk", "frames"):
             print(f"  {k:9s} " + "  ".join(f"{n}={v}" for n, v in st[k].items()))
         print(format_numa(st["numa"]))
+        for q in st.get("per_queue", []):
+            r, f = q["receiver"], q["frames"]
+            print(f"  queue {q['queue']}: rx {r['packets']:,d} pkts, drops {q['drops']:,d}, "
+                  f"frames free {f['free']} fill {f['fill']} kernel {f['kernel']} "
+                  f"held {f['held']} of {f['total']}/{f['cap']}")
         for c in st.get("consumers", []):
             print(format_consumer(c))
     return 0

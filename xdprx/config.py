@@ -19,7 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 from .errors import ConfigError
 
 # str options that may also be written as TOML integers (a uid, a NUMA node, a port)
-INT_AS_STR = {"allow_uid", "allow_gid", "numa", "metrics"}
+INT_AS_STR = {"allow_uid", "allow_gid", "numa", "metrics", "queues", "cpus"}
 NOT_IN_FILE = {"config", "help", "fn"}
 
 

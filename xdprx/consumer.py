@@ -36,6 +36,7 @@ from .groups import Group
 from .jit import cache_lock
 
 COUNT_NAMES = ("received", "gaps", "bytes", "bad")
+MAX_QUEUES = 64          # rings one subscription may span (SCM_RIGHTS: 253 fds a message)
 HANDLER_DOC = ("handler(umem, offsets, lengths, seqs, groups, state) -> int with umem a "
                "read-only uint8 array, offsets/seqs uint64, lengths uint32, groups int32, "
                "state int64 (all 1-d contiguous)")
@@ -77,66 +78,93 @@ class Reader:
     """The consumer side of one consumer ring (shared by both kinds): a driver
     around the compiled consume loop (loop.cons_*)."""
 
-    def _setup(self, views: CR.RingViews, area: np.ndarray, groups: list[Group], efd: int,
-               batch_size: int, spin: int, frame_size: int, lifeline: int = -1) -> None:
-        if views.header[0] != CR.RING_MAGIC or views.header[1] != CR.RING_VERSION:
-            raise XdprxError("consumer ring has an unknown layout", E.EPROTO,
-                             "use the same xdprx version as the daemon")
+    def _setup(self, parts: list[tuple[CR.RingViews, int]], area: np.ndarray,
+               groups: list[Group], batch_size: int, spin: int, frame_size: int,
+               lifeline: int = -1) -> None:
+        """@parts: (ring views, eventfd) per queue of the receiver, in queue
+        order (one ring each: every ring has a single producer)."""
+        for views, _ in parts:
+            if views.header[0] != CR.RING_MAGIC or views.header[1] != CR.RING_VERSION:
+                raise XdprxError("consumer ring has an unknown layout", E.EPROTO,
+                                 "use the same xdprx version as the daemon")
         if not 1 <= batch_size <= 65536:
             raise ConfigError(f"batch size {batch_size} out of range", remedy="use 16..4096")
         if not 0 <= spin <= 1_000_000:
             raise ConfigError(f"spin {spin} us out of range", remedy="use 0 (off) .. 1000000")
-        self._v = views
+        self._views = [v for v, _ in parts]
+        self._efds = [e for _, e in parts]
+        self._v, self._efd = parts[0]
         self._area = area
         self._mv = memoryview(area)
         self.groups = groups
-        self._efd = efd
         self.spin = spin
-        self._local = np.zeros(2, np.int64)
-        self._local[:] = int(views.cons[0])
         self._frame = np.zeros(batch_size, np.uint64)
         self._off = np.zeros(batch_size, np.uint64)
         self._len = np.zeros(batch_size, np.uint32)
         self._seq = np.zeros(batch_size, np.uint64)
         self._sub = np.zeros(batch_size, np.int32)
-        self._next_seq = np.full(len(groups), CR.NO_SEQ, np.uint64)
         self.counts = np.zeros(8, np.int64)   # COUNT_NAMES, last batch, handler calls
-        self._ctl = loop.new_ctl()
-        self._ctl[loop.K_SHIFT] = frame_size.bit_length() - 1
-        self._ctl[loop.K_BATCH] = batch_size
-        self._ctl[loop.K_SPIN_NS] = spin * 1000
-        # the sleep: one epoll set (loop.P_*); the eventfd edge-triggered, so
-        # a wake-up needs no read; the lifeline's EOF says the daemon is gone
+        self._scratch = np.zeros(4, np.int64)
+        # the sleep: one epoll set (loop.P_*) for every ring's eventfd, edge-
+        # triggered so a wake-up needs no read, and the lifeline, whose EOF
+        # says the daemon is gone
         self._ep = select.epoll()
-        self._ep.register(efd, select.EPOLLIN | select.EPOLLET)
+        for efd in self._efds:
+            self._ep.register(efd, select.EPOLLIN | select.EPOLLET)
         if lifeline >= 0:
             self._ep.register(lifeline, select.EPOLLIN | select.EPOLLRDHUP)
-        self._pfd = np.full(loop.N_PFD, -1, np.int32)
-        self._pfd[loop.P_EPFD], self._pfd[loop.P_LIFELINE] = self._ep.fileno(), lifeline
-        self._scratch = np.zeros(4, np.int64)
-        self._cctx = context.make({
-            "prod": views.prod, "slots": views.slots, "local": self._local, "umem": area,
-            "next_seq": self._next_seq, "counts": self.counts, "out_frame": self._frame,
-            "out_off": self._off, "out_len": self._len, "out_seq": self._seq,
-            "out_sub": self._sub, "cons": views.cons, "waiting": views.waiting,
-            "feedback": views.feedback.view(np.uint64), "status": views.status,
-            "ctl": self._ctl, "fn": libc.table(), "pfd": self._pfd,
-            "scratch": self._scratch}, context.CONS_FIELDS)
+        # per ring: its cursors, sequence expectations (gaps are per queue),
+        # control words (K_HELD: the batch it holds) and sleep set view;
+        # shared: the batch's arrays and the counts
+        self._ctls, self._pfds, rows = [], [], []
+        self._keep: list[np.ndarray] = []      # the arrays the context rows point into
+        for views, _ in parts:
+            local = np.zeros(2, np.int64)
+            next_seq = np.full(len(groups), CR.NO_SEQ, np.uint64)
+            local[:] = int(views.cons[0])
+            ctl = loop.new_ctl()
+            ctl[loop.K_SHIFT] = frame_size.bit_length() - 1
+            ctl[loop.K_BATCH] = batch_size
+            ctl[loop.K_SPIN_NS] = spin * 1000
+            pfd = np.full(loop.N_PFD, -1, np.int32)
+            pfd[loop.P_EPFD], pfd[loop.P_LIFELINE] = self._ep.fileno(), lifeline
+            rows.append(context.make({
+                "prod": views.prod, "slots": views.slots, "local": local, "umem": area,
+                "next_seq": next_seq, "counts": self.counts,
+                "out_frame": self._frame, "out_off": self._off, "out_len": self._len,
+                "out_seq": self._seq, "out_sub": self._sub, "cons": views.cons,
+                "waiting": views.waiting, "feedback": views.feedback.view(np.uint64),
+                "status": views.status, "ctl": ctl, "fn": libc.table(), "pfd": pfd,
+                "scratch": self._scratch}, context.CONS_FIELDS))
+            self._ctls.append(ctl)
+            self._pfds.append(pfd)
+            self._keep += [local, next_seq]
+        self._cctxs = np.ascontiguousarray(np.stack(rows))
+        self._cctx = self._cctxs[0]
+        self._ctl, self._pfd = self._ctls[0], self._pfds[0]
+        self._rows = np.zeros(len(parts), np.int64)   # run(): every ring's batches, one state
+        self._rr = np.zeros(2, np.int64)              # the next ring to look at first
         self.daemon_gone = False
         self._lifeline = lifeline
         self._awaiting = False
 
     # ---- receive ---------------------------------------------------------------
     def _release_held(self) -> None:
-        if self._ctl[loop.K_HELD]:
-            loop.cons_done(self._cctx)
+        for i, ctl in enumerate(self._ctls):
+            if ctl[loop.K_HELD]:
+                loop.cons_done(self._cctxs[i])
 
     def recv(self, timeout: float | None = None) -> Batch:
         """The next batch; empty if @timeout (s) passes or the daemon has gone
         (then `daemon_gone` is set, after everything queued was read). One
         compiled call: it lets go of the last batch, reads, and sleeps on the
-        eventfd when there is nothing to read."""
-        j = loop.cons_recv(self._cctx, -1 if timeout is None else int(timeout * 1e9))
+        eventfd when there is nothing to read. Several queues: a batch comes
+        from one queue's ring, round-robin, and one sleep covers them all."""
+        tns = -1 if timeout is None else int(timeout * 1e9)
+        if len(self._ctls) == 1:
+            j = loop.cons_recv(self._cctx, tns)
+        else:
+            j = loop.cons_recv_many(self._cctxs, self._rr, tns)
         if j > 0:
             return Batch(self, j)
         if j < 0:
@@ -158,8 +186,13 @@ class Reader:
         # process a thread waiting for it holds up its packets
         slice_ns = 500_000_000
         self._ctl[loop.K_STOP] = 0
+        many = len(self._ctls) > 1
         while True:
-            r = loop.cons_run(self._cctx, self._area, h, state, slice_ns)
+            if many:     # every queue's ring on this thread, one state
+                r = loop.cons_run_many(self._cctxs, self._pfd, self._area, h,
+                                       state.reshape(1, -1), self._rows, slice_ns)
+            else:
+                r = loop.cons_run(self._cctx, self._area, h, state, slice_ns)
             if r == loop.R_GONE:
                 self.daemon_gone = True
                 return "gone"
@@ -202,7 +235,7 @@ class Reader:
         self._awaiting = True
         try:
             while True:
-                if loop.cons_arm(self._cctx) == 0:
+                if sum(int(loop.cons_arm(c)) for c in self._cctxs) == 0:
                     left = None if end is None else end - ev.time()
                     if left is not None and left <= 0:
                         return self._empty_batch()
@@ -214,8 +247,8 @@ class Reader:
                     return b
         finally:
             self._awaiting = False
-            if self._v is not None:
-                self._v.waiting[0] = 0      # awake (also when cancelled)
+            for v in self._views if self._v is not None else ():
+                v.waiting[0] = 0            # awake (also when cancelled)
 
     async def _readable(self, ev: asyncio.AbstractEventLoop, timeout: float | None) -> None:
         """Await the eventfd or the lifeline socket (at most @timeout s), then
@@ -225,7 +258,7 @@ class Reader:
         def ready(fd: int) -> None:
             if not fut.done():
                 fut.set_result(fd)
-        fds = [self._efd] + ([self._lifeline] if self._lifeline >= 0 else [])
+        fds = self._efds + ([self._lifeline] if self._lifeline >= 0 else [])
         for fd in fds:
             ev.add_reader(fd, ready, fd)
         try:
@@ -235,14 +268,16 @@ class Reader:
                 ev.remove_reader(fd)
             if not fut.done():
                 fut.cancel()
-        self._v.waiting[0] = 0
-        try:
-            os.eventfd_read(self._efd)          # non-blocking: EFD_NONBLOCK
-        except BlockingIOError:
-            pass
+        for v, efd in zip(self._views, self._efds):
+            v.waiting[0] = 0
+            try:
+                os.eventfd_read(efd)            # non-blocking: EFD_NONBLOCK
+            except BlockingIOError:
+                pass
         if self._lifeline >= 0 and fut.done() and not fut.cancelled() \
                 and fut.result() == self._lifeline:
-            self._ctl[loop.K_GONE] = 1          # the daemon never writes after its reply
+            for ctl in self._ctls:
+                ctl[loop.K_GONE] = 1            # the daemon never writes after its reply
 
     def _empty_batch(self) -> Batch:
         return Batch(self, 0)
@@ -259,7 +294,8 @@ class Reader:
         the receive loop's view: delivered, dropped (for this consumer)."""
         st = {n: int(self.counts[i]) for i, n in enumerate(COUNT_NAMES)}
         st["handler_calls"] = int(self.counts[5])
-        st["delivered"], st["dropped"] = (int(x) for x in self._v.counters)
+        st["delivered"] = sum(int(v.counters[0]) for v in self._views)
+        st["dropped"] = sum(int(v.counters[1]) for v in self._views)
         return st
 
     def __enter__(self):
@@ -288,23 +324,26 @@ def run_many(readers: list[Reader], handler, states: np.ndarray | None = None,
     h = prepare(handler)
     n = len(readers)
     states = handler_state(states, n)
-    cctxs = np.ascontiguousarray(np.stack([r._cctx for r in readers]))
+    # every ring of every reader; a reader's rings share its state row
+    cctxs = np.ascontiguousarray(np.concatenate([r._cctxs for r in readers]))
+    rows = np.concatenate([np.full(len(r._ctls), i, np.int64) for i, r in enumerate(readers)])
     ep = select.epoll()
     try:
         for r in readers:
-            ep.register(r._efd, select.EPOLLIN | select.EPOLLET)
-            if r._pfd[loop.P_LIFELINE] >= 0:
+            for efd in r._efds:
+                ep.register(efd, select.EPOLLIN | select.EPOLLET)
+            if r._lifeline >= 0:
                 # edge-triggered: its EOF marks one reader gone, once, while
                 # the others go on
-                ep.register(int(r._pfd[loop.P_LIFELINE]),
-                            select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+                ep.register(r._lifeline, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+        n = len(cctxs)
         gpfd = np.full(loop.P_EVENTS + libc.EPOLL_EVENT_WORDS * 2 * n, -1, np.int32)
         gpfd[loop.P_EPFD] = ep.fileno()
         end = None if duration is None else time.monotonic() + duration
         ctl0 = readers[0]._ctl
         ctl0[loop.K_STOP] = 0
         while True:
-            r = loop.cons_run_many(cctxs, gpfd, area, h, states, 500_000_000)
+            r = loop.cons_run_many(cctxs, gpfd, area, h, states, rows, 500_000_000)
             if r == loop.R_GONE:
                 for rd in readers:
                     rd.daemon_gone = True
@@ -324,15 +363,15 @@ class Consumer(Reader):
     """An in-process consumer (Receiver.subscribe). Its recv() may run on any
     thread, including the receive thread between Receiver.pump() calls."""
 
-    def __init__(self, rx, entry, batch_size: int, spin: int) -> None:
+    def __init__(self, rx, entries: list, batch_size: int, spin: int) -> None:
         self._rx = rx
-        self.id = entry.ring.id
-        views = CR.RingViews(entry.ring._ring, entry.ring._ctl, writable_ring=False)
+        self.id = entries[0].ring.id
+        parts = [(CR.RingViews(e.ring._ring, e.ring._ctl, writable_ring=False), e.ring.efd)
+                 for e in entries]
         area = rx.umem.area.view()
         area.setflags(write=False)
         self._closed = False
-        self._setup(views, area, rx.groups, entry.ring.efd, batch_size, spin,
-                    rx.umem.frame_size)
+        self._setup(parts, area, rx.groups, batch_size, spin, rx.umem.frame_size)
 
     def close(self) -> None:
         if self._closed:
@@ -365,40 +404,46 @@ class Subscriber(Reader):
             raise ConfigError("no group to subscribe to", remedy="pass e.g. 239.1.2.3:5000")
         self._maps: list[mmap.mmap] = []
         self._closed = False
-        self._efd = -1
+        self._efds: list[int] = []
         warm()
         if handler is not None:
             prepare(handler)
         self._sock = connect(control, timeout)
-        efd = -1
+        efds: list[int] = []
         try:
             req = {"cmd": "subscribe", "groups": want, "ring": ring_size, "quota": quota,
                    "name": name, "wake_batch": wake_batch, "wake_usecs": wake_usecs}
             self._sock.sendall(json.dumps(req).encode() + b"\n")
-            msg, fds, _flags, _addr = socket.recv_fds(self._sock, 65536, 4)
+            # the UMEM, then (ring, control page, eventfd) per queue
+            msg, fds, _flags, _addr = socket.recv_fds(self._sock, 65536, 1 + 3 * MAX_QUEUES)
             try:
                 reply = json.loads(msg or b"{}")
                 if not reply.get("ok"):
                     raise refused(reply, "daemon refused the subscription")
-                if len(fds) != 4:
+                nq = len(reply.get("queues", [0]))
+                if len(fds) != 1 + 3 * nq:
                     raise XdprxError("daemon sent no shared memory", E.EPROTO)
-                umem_fd, ring_fd, ctl_fd, efd = fds
-                fds = [umem_fd, ring_fd, ctl_fd]
-                umem = self._map(umem_fd, reply["umem_size"], mmap.PROT_READ)
-                ring = self._map(ring_fd, CR.ring_bytes(reply["ring"]), mmap.PROT_READ)
-                ctl = self._map(ctl_fd, CR.CTL_SIZE, mmap.PROT_READ | mmap.PROT_WRITE)
+                efds = fds[3::3]
+                fds = [f for i, f in enumerate(fds) if i == 0 or i % 3 != 0]
+                umem = self._map(fds[0], reply["umem_size"], mmap.PROT_READ)
+                parts = []
+                for k in range(nq):
+                    ring = self._map(fds[1 + 2 * k], CR.ring_bytes(reply["ring"]), mmap.PROT_READ)
+                    ctl = self._map(fds[2 + 2 * k], CR.CTL_SIZE, mmap.PROT_READ | mmap.PROT_WRITE)
+                    parts.append((CR.RingViews(ring, ctl, writable_ring=False), efds[k]))
             finally:
                 for fd in fds:
                     os.close(fd)
             self.id = reply["consumer"]
             self.reply = reply
-            self._setup(CR.RingViews(ring, ctl, writable_ring=False),
-                        np.frombuffer(umem, np.uint8), [Group.parse(g) for g in reply["groups"]],
-                        efd, batch_size, spin, reply["frame_size"], lifeline=self._sock.fileno())
+            self.queues = reply.get("queues", [0])
+            self._setup(parts, np.frombuffer(umem, np.uint8),
+                        [Group.parse(g) for g in reply["groups"]], batch_size, spin,
+                        reply["frame_size"], lifeline=self._sock.fileno())
         except BaseException:
-            if efd >= 0:
+            for efd in efds:
                 os.close(efd)
-            self._efd = -1
+            self._efds = []
             self.close()
             raise
 
@@ -412,14 +457,14 @@ class Subscriber(Reader):
         if self._closed:
             return
         self._closed = True
-        if hasattr(self, "_ctl"):
-            self._ctl[loop.K_HELD] = 0   # the daemon reclaims them all
+        for ctl in getattr(self, "_ctls", ()):
+            ctl[loop.K_HELD] = 0         # the daemon reclaims them all
         self._sock.close()
         if getattr(self, "_ep", None) is not None:
             self._ep.close()
-        if getattr(self, "_efd", -1) >= 0:
-            os.close(self._efd)
-            self._efd = -1
+        for efd in self._efds:
+            os.close(efd)
+        self._efds = []
         self._v = self._area = self._mv = None
         for m in self._maps:
             try:

@@ -8,6 +8,7 @@ attention eventfd, from the handler itself."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -113,14 +114,20 @@ class Daemon:
         ring = _int(req, "ring", 2048)
         quota = _int(req, "quota", None)
         name = str(req.get("name") or "")[:64]
-        e = self.rx.add_consumer(req.get("groups"), ring, quota,
-                                 info={"pid": peer.pid, "uid": peer.uid, "name": name},
-                                 wake_batch=_int(req, "wake_batch", None),
-                                 wake_usecs=_int(req, "wake_usecs", None))
+        entries = self.rx.add_consumer(req.get("groups"), ring, quota,
+                                       info={"pid": peer.pid, "uid": peer.uid, "name": name},
+                                       wake_batch=_int(req, "wake_batch", None),
+                                       wake_usecs=_int(req, "wake_usecs", None))
+        e = entries[0]
         cid = e.ring.id
-        try:
-            fds = [reopen_readonly(self.rx.umem.memfd)] + e.ring.reader_fds()
+        fds: list[int] = []
+        try:     # the UMEM, then (ring, control page, eventfd) per queue
+            fds.append(reopen_readonly(self.rx.umem.memfd))
+            for x in entries:
+                fds += x.ring.reader_fds()
         except OSError:
+            for fd in fds:
+                os.close(fd)
             self.rx.unsubscribe(cid)
             raise
         self._log(f"consumer {cid} (pid {peer.pid} uid {peer.uid}) subscribed to "
@@ -132,6 +139,7 @@ class Daemon:
         return Reply({"ok": True, "consumer": cid, "groups": [str(g) for g in self.rx.groups],
                       "subs": e.subs, "umem_size": self.rx.umem.size,
                       "frame_size": self.rx.umem.frame_size, "ring": ring,
+                      "queues": list(self.rx.queues),
                       "quota": int(e.ring.views.quota)}, fds, gone)
 
     def _log_switches(self, st: dict) -> None:

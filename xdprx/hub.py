@@ -67,7 +67,9 @@ class Hub:
     # ---- changes (under the Receiver's lock) ------------------------------------
     def add(self, subs: list[int], ring_size: int, quota: int | None, frame_size: int,
             info: dict | None = None, wake_batch: int | None = None,
-            wake_usecs: int | None = None) -> Entry:
+            wake_usecs: int | None = None, slot: int | None = None) -> Entry:
+        """A consumer ring for @subs; @slot: its id (multi-queue: a consumer
+        has one ring per queue, the same id in every queue's table)."""
         check_ring(ring_size)
         room = int(self.cap - self.hub[B.H_RESERVE])
         quota = min(ring_size, room) if quota is None else quota
@@ -88,10 +90,13 @@ class Hub:
         if not subs or any(not 0 <= s < self.nsubs for s in subs):
             raise ConfigError("a consumer needs at least one of the receiver's groups")
         free = np.flatnonzero(self.ctab[:, B.C_ACTIVE] == 0)
-        free = [c for c in free if int(c) not in self.entries]
+        free = [int(c) for c in free if int(c) not in self.entries]
+        if slot is not None and slot not in free:
+            raise XdprxError(f"consumer slot {slot} is taken on this queue", E.EBUSY,
+                             "a bug: every queue's table changes together")
         if not free:
             raise XdprxError(f"consumer table full ({len(self.ctab)})", E.ENOSPC, "close idle consumers")
-        c = int(free[0])
+        c = free[0] if slot is None else slot
         ring = ConsumerRing(c, ring_size, quota, frame_size)
         row = self.ctab[c]
         row[:] = 0

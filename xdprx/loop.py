@@ -23,6 +23,7 @@ the arrays, call in, and handle what comes back. Read it top to bottom:
 
   consume side (one per consumer; `cons_*`)
     cons_recv  release the last batch, read the next (one call from recv())
+    cons_recv_many  the same over a consumer's rings of several receive queues
     cons_run   read -> your handler -> release, sleeping on the eventfd
                (arm: waiting = sleep number, fence, look again) when empty
     cons_run_many  the same for many consumers on one thread: one sleep,
@@ -399,6 +400,53 @@ def cons_recv(cctx, timeout_ns):
 
 
 @kernel
+def cons_recv_many(cctxs, rr, timeout_ns):
+    """recv() of a consumer with one ring per receive queue (@cctxs, a row
+    each): let go of the last batch, then the next batch of the first ring,
+    round-robin from rr[0], that has one; when none has, arm every ring and
+    sleep once (their eventfds share one epoll set) up to @timeout_ns (< 0:
+    forever). Returns the size, 0 on timeout or K_STOP, -1 once every ring
+    is closed or the daemon gone, and empty."""
+    n = cctxs.shape[0]
+    c0 = cctxs[0]
+    fn, scratch = a1(c0, X.C_FN, np.uint64), a1(c0, X.C_SCRATCH, np.int64)
+    ctl0, pfd0 = a1(c0, X.C_CTL, np.int64), a1(c0, X.C_PFD, np.int32)
+    events = pfd0[P_EVENTS:]
+    for i in range(n):
+        cons_let_go(cctxs[i])
+    now = now_ns(fn, scratch)
+    end = FOREVER if timeout_ns < 0 else now + timeout_ns
+    while True:
+        gone = 0
+        for i in range(n):
+            k = (rr[0] + i) % n
+            j = cons_read(cctxs[k])
+            if j > 0:
+                rr[0] = (k + 1) % n
+                return j
+            if cons_gone(cctxs[k]):
+                gone += 1
+        if gone == n:
+            return -1
+        if now >= end or load_relaxed(ctl0[K_STOP:]) != 0:
+            return 0
+        avail = 0
+        for i in range(n):
+            c = cctxs[i]
+            avail += CR.arm(a1(c, X.C_WAITING, np.uint32), a1(c, X.C_PROD, np.uint32),
+                            a1(c, X.C_LOCAL, np.int64))
+        if avail == 0:
+            k = epoll_wait_ns(fn, pfd0[P_EPFD], events, end - now, scratch)
+            for e in range(k):
+                if epoll_data(events, e) == pfd0[P_LIFELINE]:
+                    for i in range(n):
+                        a1(cctxs[i], X.C_CTL, np.int64)[K_GONE] = 1
+        for i in range(n):
+            store_relaxed(a1(cctxs[i], X.C_WAITING, np.uint32), 0)
+        now = now_ns(fn, scratch)
+
+
+@kernel
 def cons_arm(cctx):
     """recv_async(): announce a sleep the way cons_sleep does (waiting = sleep
     number, fence, look again) without sleeping: the caller awaits the eventfd
@@ -438,9 +486,10 @@ def cons_run(cctx, umem_ro, handler, state, slice_ns):
 
 
 @kernel
-def cons_run_many(cctxs, gpfd, umem_ro, handler, states, slice_ns):
-    """Many consumers on one thread (run_many): round-robin read -> handler
-    (state row i for consumer i) -> release; when every ring is empty, arm
+def cons_run_many(cctxs, gpfd, umem_ro, handler, states, rows, slice_ns):
+    """Many consumer rings on one thread (run_many, and a consumer's rings of
+    several queues): round-robin read -> handler (ring i with state row
+    rows[i]) -> release; when every ring is empty, arm
     them all and sleep once, in one epoll set holding every eventfd. N
     consumers cost one thread and one wake-up, not N context switches.
     @gpfd: [epoll fd, -, -, -, events ...]; lifeline sockets have epoll data
@@ -468,7 +517,7 @@ def cons_run_many(cctxs, gpfd, umem_ro, handler, states, slice_ns):
                 a1(c, X.C_COUNTS, np.int64)[5] += 1
                 off, ln = a1(c, X.C_OUT_OFF, np.uint64), a1(c, X.C_OUT_LEN, np.uint32)
                 seq, sub = a1(c, X.C_OUT_SEQ, np.uint64), a1(c, X.C_OUT_SUB, np.int32)
-                if handler(umem_ro, off[:j], ln[:j], seq[:j], sub[:j], states[i]) != 0:
+                if handler(umem_ro, off[:j], ln[:j], seq[:j], sub[:j], states[rows[i]]) != 0:
                     for k in range(n):
                         cons_let_go(cctxs[k])
                     return R_HANDLER
@@ -535,8 +584,9 @@ def warm_consumer() -> None:
     cons_run.compile((CTX, RO_U8, HANDLER, STATE, I64))
     cons_run.disable_compile()
     cons_run_many.compile((types.uint64[:, ::1], types.int32[::1], RO_U8, HANDLER,
-                           types.int64[:, ::1], I64))
+                           types.int64[:, ::1], types.int64[::1], I64))
     cons_run_many.disable_compile()
+    cons_recv_many.compile((types.uint64[:, ::1], types.int64[::1], I64))
     keep, ctx = _empty_consumer()
     umem = keep["umem"].view()
     umem.setflags(write=False)
@@ -545,7 +595,9 @@ def warm_consumer() -> None:
     cons_done(ctx)
     cons_arm(ctx)
     cons_run(ctx, umem, no_handler, state, 0)
-    cons_run_many(ctx.reshape(1, -1), keep["pfd"], umem, no_handler, state.reshape(1, -1), 0)
+    cons_run_many(ctx.reshape(1, -1), keep["pfd"], umem, no_handler, state.reshape(1, -1),
+                  np.zeros(1, np.int64), 0)
+    cons_recv_many(ctx.reshape(1, -1), np.zeros(2, np.int64), 0)
 
 
 def _empty_consumer() -> tuple[dict, np.ndarray]:

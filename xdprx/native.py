@@ -157,6 +157,7 @@ _decl(libc, "setns", c_int, c_int, c_int)
 _decl(libc, "if_nametoindex", c_uint, c_char_p)
 _decl(libc, "getcpu", c_int, POINTER(c_uint), POINTER(c_uint))
 _decl(libc, "prctl", c_int, c_int, c_ulong, c_ulong, c_ulong, c_ulong)
+_decl(libc, "ioctl", c_int, c_int, c_ulong, c_void_p)
 PR_SET_TIMERSLACK = 29
 
 # ---- NUMA memory policy (linux/mempolicy.h): raw syscalls, no libnuma ------

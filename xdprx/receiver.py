@@ -44,6 +44,7 @@ from .groups import Group, group_table, parse_groups
 from .hub import Hub
 from .membership import Membership
 from . import numa as numa_mod
+from . import queues as queues_mod
 from . import umem as umem_mod
 from .umem import Umem
 from .xsk import XskSocket
@@ -52,9 +53,16 @@ log = logging.getLogger("xdprx")
 
 
 class Receiver:
-    """Receive subscribed multicast UDP on one interface queue via AF_XDP."""
+    """Receive subscribed multicast UDP on an interface's queues via AF_XDP.
 
-    def __init__(self, ifname: str, groups: Iterable[str | Group], queue: int = 0,
+    One AF_XDP socket per RX queue (@queues: "all", a count, "A-B", "A,B,..."
+    or a list; @queue=q is queues=[q]), all on one UMEM (XDP_SHARED_UMEM),
+    each with its own FramePool, FILL ring, consumer table and compiled loop:
+    the queues share no lock on the per-packet path. The first queue's state
+    lives in this object; `lanes` lists one Receiver per queue (this one
+    first), each driven by its own thread in serve()/start()."""
+
+    def __init__(self, ifname: str, groups: Iterable[str | Group], queue: int | None = None,
                  mode: str = "auto", frames: int = 4096, frame_size: int = 2048,
                  headroom: int = 0, batch_size: int = 256, rx_size: int = 4096,
                  copy: str = "auto", join: bool = True, spin: int = 0,
@@ -64,19 +72,25 @@ class Receiver:
                  spill_at: int | None = None, trim_after: float | None = 5.0,
                  numa: str | int = "auto", topology: "numa_mod.Topology | None" = None,
                  numa_window: int = 4, numa_every: int = 64,
-                 wake_batch: int | None = None, wake_usecs: int | None = None) -> None:
+                 wake_batch: int | None = None, wake_usecs: int | None = None,
+                 queues: "str | int | Iterable[int] | None" = None,
+                 cpus: "str | Iterable[int] | None" = None) -> None:
         self.groups = parse_groups(groups)
         if mode not in ("auto", "native", "skb"):
             raise ConfigError(f"unknown mode {mode!r}", remedy="use auto, native or skb")
         if not 1 <= batch_size <= 65536:
             raise ConfigError(f"batch size {batch_size} out of range", remedy="use 16..4096")
-        if queue < 0 or queue > 255:
-            raise ConfigError(f"queue {queue} out of range", remedy="use 0..255")
         fanout.check_headroom(headroom)
         check_privileges()
         self.ifname = ifname
         self.ifindex = native.require_ifindex(ifname)
-        self.queue = queue
+        if queue is not None and queues is not None:
+            raise ConfigError("both queue and queues given", remedy="use queues= alone")
+        self.queues = queues_mod.resolve(ifname, [queue] if queue is not None else
+                                         "all" if queues is None else queues)
+        self.cpus = queues_mod.resolve_cpus(ifname, self.queues, cpus)
+        self.queue = self.queues[0]
+        self.lane = 0
         self.batch_size = batch_size
         if not 0 <= spin <= 1_000_000:
             raise ConfigError(f"spin {spin} us out of range", remedy="use 0 (off) .. 1000000")
@@ -86,18 +100,20 @@ class Receiver:
                               remedy=f"use 1..{min(frames, 4096)} (16 is the measured default)")
         self.refill_min = refill_min
         self.trim_after = trim_after
-        self._next_maint = 0.0
-        self._last_growth = (0, 0, time.monotonic())   # (grows, spilled, when)
         self._closed = False
         self._stack = contextlib.ExitStack()
+        self._hub_args = (len(self.groups), frames, frames if max_frames is None else max_frames,
+                          reserve, wake_batch, wake_usecs)
         # checks the reserve: before anything is attached
-        self.hub = Hub(len(self.groups), frames, frames if max_frames is None else max_frames,
-                       reserve, wake_batch=wake_batch, wake_usecs=wake_usecs)
+        self.hub = Hub(*self._hub_args[:4], wake_batch=wake_batch, wake_usecs=wake_usecs)
         self.topology = topology or numa_mod.Topology()
+        self._numa_args = (numa, numa_window)
         self.policy, nodes = self._numa_setup(numa, numa_window)
         if not 1 <= numa_every <= 1 << 20:
             raise ConfigError(f"numa_every {numa_every} out of range", remedy="use e.g. 64")
         self.numa_every = numa_every
+        self._rx_size, self._copy = rx_size, copy
+        self.lanes: list[Receiver] = [self]
         warm()
         try:
             self.prog = XdpProgram()
@@ -105,17 +121,17 @@ class Receiver:
             self.umem = Umem(frames, frame_size, headroom, fill_size=min(frames, 4096),
                              max_frames=max_frames, hugepages=hugepages, cache=cache,
                              chunk=chunk, spill_at=spill_at, nodes=nodes,
-                             bind=not self.topology.simulated)
+                             bind=not self.topology.simulated, lanes=len(self.queues))
             self._stack.callback(self.umem.close)
-            if nodes:
-                self.umem.pool.set_active(self.policy.current)
-            # runs after the socket is gone: what the kernel held is ours again
-            self._stack.callback(self.umem.pool.reclaim_kernel)
-            self.xsk = XskSocket(ifname, queue, self.umem, rx_size, copy)
-            self._stack.callback(self.xsk.close)   # LIFO: socket before umem
+            self._open_queue()
             self.mode = self.prog.attach(ifname, self.ifindex, mode)
             self._stack.callback(self.prog.detach)
-            self.prog.set_socket(queue, self.xsk.fd)
+            for k in range(1, len(self.queues)):
+                self.lanes.append(Receiver._queue_of(self, k))
+            # LIFO: the other queues' sockets close before the UMEM they share
+            self._stack.callback(self._close_lanes)
+            for lane in self.lanes:
+                self.prog.set_socket(lane.queue, lane.xsk.fd)
             for i, g in enumerate(self.groups):
                 self.prog.subscribe(g.addr, g.port, i)
             if join:
@@ -125,13 +141,58 @@ class Receiver:
         except BaseException:
             self._stack.close()
             raise
+        self._mq_ep: select.epoll | None = None
+        self._rr = 0
+        for lane in self.lanes:
+            loop.rx_recv(lane._ctx, 0)  # prime the FILL rings before traffic
+
+    @classmethod
+    def _queue_of(cls, first: "Receiver", k: int) -> "Receiver":
+        """The Receiver of queue number k (k >= 1) of @first: its socket on the
+        shared UMEM, its own pool, consumer table, NUMA policy and loop."""
+        q = cls.__new__(cls)
+        for name in ("groups", "ifname", "ifindex", "queues", "cpus", "batch_size", "spin",
+                     "refill_min", "trim_after", "topology", "numa_every", "_hub_args",
+                     "_numa_args", "_rx_size", "_copy", "prog", "umem", "mode"):
+            setattr(q, name, getattr(first, name))
+        q.queue, q.lane, q.lanes = first.queues[k], k, [q]
+        q._closed = False
+        q._stack = contextlib.ExitStack()
+        a = q._hub_args
+        q.hub = Hub(*a[:4], wake_batch=a[4], wake_usecs=a[5])
+        q.policy, _ = q._numa_setup(*q._numa_args)
+        try:
+            q._open_queue()
+        except BaseException:
+            q._stack.close()
+            raise
+        return q
+
+    def _open_queue(self) -> None:
+        """This queue's socket, pool view and loop state."""
+        k = self.lane
+        self.pool = self.umem.pools[k]
+        if self.policy is not None and self.umem.nodes:
+            self.pool.set_active(self.policy.current)
+        self._next_maint = 0.0
+        self._last_growth = (0, 0, time.monotonic())   # (grows, spilled, when)
+        # runs after the socket is gone: what the kernel held is ours again
+        self._stack.callback(self.pool.reclaim_kernel)
+        self.xsk = XskSocket(self.ifname, self.queue, self.umem, self._rx_size, self._copy,
+                             lane=k)
+        self._stack.callback(self.xsk.close)   # LIFO: socket before umem
+        self.fill = self.xsk.fill
         self._g_addr, self._g_port = group_table(self.groups)
-        self._g_seq = np.zeros(len(self._g_port), np.uint64)
-        self._frame = np.zeros(batch_size, np.uint64)
-        self._off = np.zeros(batch_size, np.uint64)
-        self._len = np.zeros(batch_size, np.uint32)
-        self._seq = np.zeros(batch_size, np.uint64)
-        self._sub = np.zeros(batch_size, np.int32)
+        # sequence numbers are per (queue, group): the queue's index in the top
+        # byte keeps them unique, and a consumer sees gaps per queue
+        self._seq_base = np.uint64(k) << np.uint64(56)
+        self._g_seq = np.full(len(self._g_port), self._seq_base, np.uint64)
+        bs = self.batch_size
+        self._frame = np.zeros(bs, np.uint64)
+        self._off = np.zeros(bs, np.uint64)
+        self._len = np.zeros(bs, np.uint32)
+        self._seq = np.zeros(bs, np.uint64)
+        self._sub = np.zeros(bs, np.int32)
         self.counters = np.zeros(bulk.N_STATS, np.int64)
         self._area = self.umem.area
         self._mv = memoryview(self.umem.area)
@@ -140,8 +201,8 @@ class Receiver:
         # the compiled loop's control words and sleep set: the socket, and an
         # eventfd other threads write to get the loop's attention
         self._ctl = loop.new_ctl()
-        self._ctl[loop.K_REFILL_MIN] = refill_min
-        self._ctl[loop.K_SPIN_NS] = spin * 1000
+        self._ctl[loop.K_REFILL_MIN] = self.refill_min
+        self._ctl[loop.K_SPIN_NS] = self.spin * 1000
         self._attn = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._stack.callback(os.close, self._attn)
         # the loop's sleep: one epoll set, registered once (loop.P_*)
@@ -166,10 +227,13 @@ class Receiver:
         self._ticks_reset()
         self._self_ref = 0
         self._empty = Batch(self, 0)
-        loop.rx_recv(self._ctx, 0)  # prime the FILL ring before traffic
+
+    def _close_lanes(self) -> None:
+        for lane in self.lanes[1:]:
+            lane.close()
 
     def _make_context(self) -> np.ndarray:
-        u, r, f, p = self.umem, self.xsk.rx, self.umem.fill, self.umem.pool
+        u, r, f, p = self.umem, self.xsk.rx, self.fill, self.pool
         return context.make({
             "rx_prod": r.prod, "rx_cons": r.cons, "rx_slots": r.slots, "rx_local": r.local,
             "fill_prod": f.prod, "fill_cons": f.cons, "fill_slots": f.slots,
@@ -188,28 +252,47 @@ class Receiver:
                   ring_size: int = 2048, quota: int | None = None, batch_size: int = 256,
                   spin: int = 0, wake_batch: int | None = None,
                   wake_usecs: int | None = None) -> Consumer:
-        """An in-process consumer of @groups (default: all of this receiver's).
-        While it sleeps it is woken when @wake_batch packets wait for it or
-        @wake_usecs after the first, whichever comes first."""
+        """An in-process consumer of @groups (default: all of this receiver's),
+        reading every queue. While it sleeps it is woken when @wake_batch
+        packets wait for it (per queue) or @wake_usecs after the first,
+        whichever comes first."""
         return Consumer(self, self.add_consumer(groups, ring_size, quota, wake_batch=wake_batch,
                                                 wake_usecs=wake_usecs), batch_size, spin)
 
     def add_consumer(self, groups, ring_size: int = 2048, quota: int | None = None,
                      info: dict | None = None, wake_batch: int | None = None,
-                     wake_usecs: int | None = None):
-        """Register a consumer ring (the daemon's control socket uses this)."""
+                     wake_usecs: int | None = None) -> list:
+        """Register a consumer: one ring per queue (hub.Entry each, in queue
+        order), the same id in every queue's table (the daemon's control
+        socket uses this). @quota and @ring_size are per queue."""
         subs = self.subscription_ids(groups)
+        entries: list = []
+        try:
+            for lane in self.lanes:
+                slot = entries[0].ring.id if entries else None
+                entries.append(lane._add_one(subs, ring_size, quota, info, wake_batch,
+                                             wake_usecs, slot))
+        except BaseException:
+            for lane, e in zip(self.lanes, entries):
+                lane._remove_one(e.ring.id)
+            raise
+        return entries
 
+    def _add_one(self, subs, ring_size, quota, info, wake_batch, wake_usecs, slot):
         def add():
             self._check_open()
             e = self.hub.add(subs, ring_size, quota, self.umem.frame_size, info,
-                             wake_batch, wake_usecs)
+                             wake_batch, wake_usecs, slot)
             self._refresh_context()
             return e
         return self._on_loop(add)
 
     def unsubscribe(self, cid: int) -> int:
-        """Remove consumer @cid; every frame it held is released. Returns how many."""
+        """Remove consumer @cid (on every queue); every frame it held is
+        released. Returns how many."""
+        return sum(lane._remove_one(cid) for lane in self.lanes)
+
+    def _remove_one(self, cid: int) -> int:
         def remove():
             if self._closed:
                 return 0
@@ -299,29 +382,70 @@ class Receiver:
         into spare frames, give the pool's free spare chunks back (under the lock)."""
         now = time.monotonic()
         self._next_maint = now + 0.5
-        m = self.umem.pool.meta
+        m = self.pool.meta
         cur = (int(m[:, umem_mod.P_GROWS].sum()), int(m[:, umem_mod.P_SPILLED].sum()))
         if cur != self._last_growth[:2]:
             self._last_growth = (*cur, now)
-        elif now - self._last_growth[2] >= self.trim_after and self.umem.pool.trimmable():
-            self.umem.trim()
+        elif now - self._last_growth[2] >= self.trim_after and self.pool.trimmable():
+            self.umem.trim(self.lane)
 
     # ---- receive: compiled loops ---------------------------------------------
     def serve(self, duration: float | None = None, handler=None,
               state: np.ndarray | None = None, nice: int | None = None) -> str:
-        """Run the compiled receive loop on this thread until stop() (from any
+        """Run the compiled receive loop of every queue until stop() (from any
         thread or a signal handler), @duration seconds, or @handler returning
-        nonzero. Without @handler it serves the consumers only; with one, the
-        loop also takes a reference to every packet and calls
+        nonzero: this thread serves the first queue, one thread each
+        ("xdprx-rx<q>", pinned to `cpus` when given) the others. Without
+        @handler the loops serve the consumers only; with one, they also
+        take a reference to every packet and call
         handler(umem, offsets, lengths, seqs, groups, state) per batch (see
-        loop.py; compiled for its real types before the first packet).
-        @nice: this thread's nice value (e.g. -10, so that consumers sharing
-        its CPU never starve the receive loop). Returns why it stopped."""
+        loop.py; compiled for its real types before the first packet). With
+        several queues the handler runs on several threads at once: pass
+        @state as (queues, k), a row per queue, to keep them apart (a 1-d
+        state is shared). @nice: the loops' nice value (e.g. -10, so that
+        consumers sharing their CPUs never starve them). Returns why the
+        first queue's loop stopped."""
+        if len(self.lanes) == 1:
+            return self._serve(duration, handler, state, nice)
+        from .consumer import handler_state
+        L = len(self.lanes)
+        rows = (handler_state(state, L) if state is not None and state.ndim == 2
+                else [handler_state(state)] * L)
+        errors: list[BaseException] = []
+
+        def lane_main(k: int) -> None:
+            try:
+                self.lanes[k]._serve(duration, handler, rows[k], nice)
+            except BaseException as e:  # noqa: BLE001 - re-raised by the first queue's thread
+                errors.append(e)
+            finally:
+                self.stop()            # one queue's loop ending ends them all
+        threads = [threading.Thread(target=lane_main, args=(k,), daemon=True,
+                                    name=f"xdprx-rx{self.lanes[k].queue}") for k in range(1, L)]
+        for t in threads:
+            t.start()
+        try:
+            why = self._serve(duration, handler, rows[0], nice)
+        finally:
+            self.stop()
+            for t in threads:
+                t.join()
+            for lane in self.lanes:
+                lane._ctl[loop.K_STOP] = 0
+        if errors:
+            raise errors[0]
+        return why
+
+    def _serve(self, duration: float | None, handler, state: np.ndarray | None,
+               nice: int | None) -> str:
+        """This queue's loop on this thread (serve())."""
         from .consumer import handler_state, prepare
         h = loop.no_handler if handler is None else prepare(handler)
         state = handler_state(state)
         if nice is not None:
             set_nice(nice)
+        if self.cpus[self.lane]:
+            queues_mod.pin(self.cpus[self.lane])
         # the loop sleeps until moderated wake-ups fall due (tens of us): the
         # default 50 us timer slack would double those times
         native.libc.prctl(native.PR_SET_TIMERSLACK, 1000, 0, 0, 0)
@@ -383,8 +507,9 @@ class Receiver:
     def stop(self) -> None:
         """Make the running (or the next) serve()/run() return; safe from any
         thread and from a signal handler."""
-        if not self._closed:
-            loop.signal_ctl(self._ctl, loop.K_STOP, self._attn)
+        for lane in self.lanes:
+            if not lane._closed:
+                loop.signal_ctl(lane._ctl, loop.K_STOP, lane._attn)
 
     # ---- receive: one batch per call ---------------------------------------------
     def _release_held(self) -> None:
@@ -420,7 +545,11 @@ class Receiver:
 
     def recv(self, timeout: float | None = None) -> Batch:
         """The next batch; empty if @timeout (seconds) passes first. Consumers
-        get their references in the same call (one compiled call in all)."""
+        get their references in the same call (one compiled call in all).
+        Several queues: each call looks at every queue, round-robin from the
+        one after the last batch's, and the batch comes from one of them."""
+        if len(self.lanes) > 1:
+            return self._recv_many(1, timeout)
         if timeout == 0:        # the polling fast path: one lock, one compiled call
             with self._lock:
                 if not (self._closed or self._serving is not None or self._ops
@@ -437,7 +566,46 @@ class Receiver:
         """Receive for the consumers only (the application takes no reference):
         one batch, or nothing within @timeout. Returns the packets received
         (the last recv() batch, if any, is released first)."""
+        if len(self.lanes) > 1:
+            return self._recv_many(0, timeout)
         return self._recv(0, timeout)
+
+    def _recv_many(self, self_ref: int, timeout: float | None):
+        """recv()/pump() over several queues: one compiled call per queue, a
+        shared sleep (an epoll set of the queues' epoll sets) when all are
+        empty. The convenience path: serve()/run() is the fast one."""
+        end = None if timeout is None else time.monotonic() + timeout
+        L = len(self.lanes)
+        for lane in self.lanes:
+            lane._release_held()
+        while True:
+            total = 0
+            for i in range(L):
+                k = (self._rr + i) % L
+                n = self.lanes[k]._recv(self_ref, 0)
+                if self_ref and n:
+                    self._rr = (k + 1) % L
+                    return Batch(self.lanes[k], n)
+                total += n
+            if total:
+                return total
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return self._empty if self_ref else 0
+            self._wait_many(left)
+
+    def _wait_many(self, left: float | None) -> None:
+        if self._mq_ep is None:
+            self._mq_ep = select.epoll()
+            self._stack.callback(self._mq_ep.close)
+            for lane in self.lanes:
+                self._mq_ep.register(lane._ep.fileno(), select.EPOLLIN)
+        # consumers' moderated wake-ups fall due only while a loop runs: with
+        # consumers, come back within their wake_usecs
+        cap = 0.5
+        if any(lane.hub.entries for lane in self.lanes):
+            cap = max(self.hub.wake_usecs, 1) / 1e6
+        self._mq_ep.poll(cap if left is None else min(left, cap))
 
     def __iter__(self) -> Iterator[Batch]:
         while not self._closed:
@@ -477,7 +645,7 @@ class Receiver:
         per = self._feedback.collect(self.hub.ctab, self.hub.hub,
                                      int(self.counters[bulk.S_OWN_BYTES]))
         if self.policy.observe(per, batches):
-            self.umem.pool.set_active(self.policy.current)
+            self.pool.set_active(self.policy.current)
 
     def numa_stats(self) -> dict:
         """The refill node, why, the feedback behind it, and every switch."""
@@ -488,11 +656,11 @@ class Receiver:
         d["topology"] = {str(n): c for n, c in self.topology.nodes.items()}
         d["simulated"] = self.topology.simulated
         d["bound"] = self.umem.bound
-        d["pools"] = self.umem.pool.per_node()
-        for pool, where in zip(d["pools"], self.umem.placement()):
+        d["pools"] = self.pool.per_node()
+        for pool, where in zip(d["pools"], self.umem.placement(self.lane)):
             pool["memory"] = {"policy": where["policy"], "policy_nodes": where["policy_nodes"],
                               "pages_by_node": where["pages_by_node"]}
-        d["foreign_fills"] = int(self.umem.pool.x[umem_mod.X_FOREIGN])
+        d["foreign_fills"] = int(self.pool.x[umem_mod.X_FOREIGN])
         return d
 
     # ---- observability ------------------------------------------------------
@@ -500,32 +668,57 @@ class Receiver:
         return {name: int(self.counters[i]) for i, name in enumerate(bulk.STAT_NAMES)}
 
     def stats(self) -> dict:
+        """Counters, frames and consumers: per queue under "per_queue" and in
+        total at the top level (a consumer's figures summed over its rings)."""
+        per = [lane._queue_stats() for lane in self.lanes]
+        first = per[0]
+        out = {"interface": self.ifname, "queue": self.queue, "queues": list(self.queues),
+               "mode": self.mode, "zerocopy": self.zerocopy,
+               "groups": [str(g) for g in self.groups], "xdp": self.prog.counters(),
+               "numa": first["numa"]}
+        if len(per) == 1:
+            out.update({k: first[k] for k in ("group_packets", "receiver", "xsk", "drops",
+                                              "frames", "consumers")})
+            return out
+        out["group_packets"] = _sum_dicts([q["group_packets"] for q in per])
+        out["receiver"] = _sum_dicts([q["receiver"] for q in per])
+        out["xsk"] = _sum_dicts([q["xsk"] for q in per])
+        out["drops"] = sum(q["drops"] for q in per)
+        out["frames"] = dict(first["frames"], **_sum_dicts([
+            {k: v for k, v in q["frames"].items() if k not in _ONCE} for q in per]))
+        out["consumers"] = _merge_consumers([q["consumers"] for q in per], self.queues)
+        out["per_queue"] = per
+        return out
+
+    def _queue_stats(self) -> dict:
+        """This queue's view (under its loop: _on_loop)."""
         xs = self.xsk.statistics()
         consumers, frames, numa, c, seqs = self._on_loop(
             lambda: (self.hub.consumer_stats(self.groups), self._frames(), self.numa_stats(),
-                     self._counters(), self._g_seq.tolist()))
-        return {"interface": self.ifname, "queue": self.queue, "mode": self.mode,
-                "zerocopy": self.zerocopy, "groups": [str(g) for g in self.groups],
-                "group_packets": {str(g): n for g, n in zip(self.groups, seqs)},
-                "receiver": c, "xdp": self.prog.counters(), "xsk": xs,
-                "drops": xs["rx_dropped"] + xs["rx_ring_full"],
+                     self._counters(), (self._g_seq - self._seq_base).tolist()))
+        return {"queue": self.queue, "group_packets": {str(g): n for g, n in zip(self.groups, seqs)},
+                "receiver": c, "xsk": xs, "drops": xs["rx_dropped"] + xs["rx_ring_full"],
                 "frames": frames, "consumers": consumers, "numa": numa}
 
     def _frames(self) -> dict:
         u = self.umem
-        return dict(u.census(), **u.pool.gauges(), resident_bytes=u.resident(),
+        return dict(u.census(self.lane), **self.pool.gauges(), resident_bytes=u.resident(),
                     frame_size=u.frame_size, pages=u.pages)
 
     def stats_after_close(self) -> dict:
-        """What is still known once closed: receiver counters and the pool."""
-        c = self._counters()
-        return {"receiver": c, "drops": self._final_drops,
-                "frames": dict(self.umem.pool.census(), **self.umem.pool.gauges())}
+        """What is still known once closed: receiver counters and the pools."""
+        drops = [lane._final_drops for lane in self.lanes]
+        return {"receiver": _sum_dicts([lane._counters() for lane in self.lanes]),
+                "drops": -1 if -1 in drops else sum(drops),
+                "frames": _sum_dicts([dict(p.census(), **p.gauges()) for p in self.umem.pools])}
 
     def describe(self) -> str:
-        return (f"{self.ifname} queue {self.queue}: XDP {self.mode} mode, AF_XDP "
+        qs = (f"queue {self.queue}" if len(self.queues) == 1 else
+              f"queues {','.join(map(str, self.queues))} (one loop each)")
+        return (f"{self.ifname} {qs}: XDP {self.mode} mode, AF_XDP "
                 f"{'zero-copy' if self.zerocopy else 'copy'} mode, {self.umem.frames} frames "
-                f"(cap {self.umem.max_frames}) of {self.umem.frame_size} B on {self.umem.pages}, "
+                f"(cap {self.umem.max_frames}) of {self.umem.frame_size} B"
+                f"{' per queue' if len(self.queues) > 1 else ''} on {self.umem.pages}, "
                 f"groups {', '.join(map(str, self.groups))}; {self._numa_line()}")
 
     def _numa_line(self) -> str:
@@ -567,6 +760,36 @@ class Receiver:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+_ONCE = ("resident_bytes", "frame_size", "pages", "chunk")   # UMEM-wide, not per queue
+
+
+def _sum_dicts(ds: list[dict]) -> dict:
+    """Key-wise sums of numeric values (the first dict's other values kept)."""
+    out = dict(ds[0])
+    for d in ds[1:]:
+        for k, v in d.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k in out:
+                out[k] += v
+    return out
+
+
+def _merge_consumers(per_queue: list[list[dict]], queues: list[int]) -> list[dict]:
+    """One entry per consumer id: its rings' counters summed, each queue's
+    delivered/dropped under "queues"."""
+    merged: dict[int, dict] = {}
+    for q, cs in zip(queues, per_queue):
+        for c in cs:
+            m = merged.get(c["id"])
+            if m is None:
+                m = merged[c["id"]] = dict(c, queues={})
+            else:
+                for k in ("delivered", "dropped", "held", "wakeups", "bad_cursor"):
+                    m[k] += c[k]
+            m["queues"][str(q)] = {"delivered": c["delivered"], "dropped": c["dropped"],
+                                   "held": c["held"]}
+    return [merged[i] for i in sorted(merged)]
 
 
 def set_nice(nice: int) -> None:

@@ -157,20 +157,22 @@ def payloads(seed: int, count: int, lo: int = 1, hi: int = 1472) -> list[bytes]:
 
 def send_cmd(group: str, count: int, seed: int = 1, lo: int = 1, hi: int = 1472,
              rate: int = 50000, ifname: str = VethPair.tx_if, timeout: float = 60.0,
-             xdp: bool = False) -> list[str]:
+             xdp: bool = False, queue: int | None = None) -> list[str]:
     """argv that sends payloads(seed, count, lo, hi) to @group from @ifname,
     through a kernel UDP socket, or with @xdp through xdprx.Sender (AF_XDP)."""
     return [sys.executable, "-m", "xdprx.testing", "send", "--group", group,
             "--count", str(count), "--seed", str(seed), "--sizes", f"{lo}:{hi}",
             "--rate", str(rate), "--ifname", ifname, "--timeout", str(timeout)] + \
-        (["--xdp"] if xdp else [])
+        (["--xdp"] if xdp else []) + ([] if queue is None else ["--queue", str(queue)])
 
 
 def send_xdp(group: str, count: int, seed: int, lo: int, hi: int, rate: int, ifname: str,
-             timeout: float) -> int:
-    """The same payloads through xdprx.Sender (AF_XDP TX). Returns packets sent."""
+             timeout: float, queue: int = 0) -> int:
+    """The same payloads through xdprx.Sender (AF_XDP TX) on TX queue @queue
+    (veth: it arrives on the peer's RX queue of that number, in native mode).
+    Returns packets sent."""
     from .sender import Sender
-    with Sender(ifname) as tx:
+    with Sender(ifname, queue=queue, sport=40000 + queue) as tx:
         return tx.send(group, payloads(seed, count, lo, hi), rate=rate or None, timeout=timeout)
 
 
@@ -406,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ifname", default=VethPair.tx_if)
     s.add_argument("--timeout", type=float, default=60.0)
     s.add_argument("--xdp", action="store_true", help="send through xdprx.Sender (AF_XDP)")
+    s.add_argument("--queue", type=int, default=None,
+                   help="with --xdp: the TX queue (the peer's RX queue on veth)")
     r = sub.add_parser("send-raw", help="send Ethernet frames given as hex lines on stdin")
     r.add_argument("--ifname", default=VethPair.tx_if)
     c = sub.add_parser("consume", help="Subscribers of a daemon; JSON digests at the end")
@@ -425,8 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         print(send_raw(a.ifname, frames))
         return 0
     lo, hi = (int(x) for x in a.sizes.split(":"))
-    n = (send_xdp if a.xdp else send)(a.group, a.count, a.seed, lo, hi, a.rate, a.ifname,
-                                     a.timeout)
+    if a.queue is not None:
+        if not a.xdp:
+            ap.error("--queue needs --xdp")
+        n = send_xdp(a.group, a.count, a.seed, lo, hi, a.rate, a.ifname, a.timeout, a.queue)
+    else:
+        n = (send_xdp if a.xdp else send)(a.group, a.count, a.seed, lo, hi, a.rate, a.ifname,
+                                         a.timeout)
     print(n)
     return 0 if n == a.count else 1
 

@@ -82,7 +82,7 @@ STATE_NAMES = ("free", "kernel", "held", "absent")
 N_META = 24
 # pool-set slots (int64): which node pool refills FILL, and the layout
 (X_ACTIVE, X_NODES, X_RING, X_SHIFT, X_FOREIGN, X_CACHE_W, X_SPARE_W, X_RING_SHIFT,
- X_CAP_SHIFT) = range(9)
+ X_CAP_SHIFT, X_RING_LO, X_SPARE_LO, X_RING_END) = range(12)
 N_X = 12
 CACHE_SIZE = 64     # a useful cache size (flushes 32 at a time); off by default:
                     # benchmarks/pool.py measured no gain with a single-writer pool
@@ -244,15 +244,14 @@ def node_pool(pool, k):
 @inline
 def node_of(pool, f):
     """The node pool frame @f belongs to: ring frames first, node by node,
-    then spare frames, node by node, a cap apart (powers of two)."""
+    then spare frames, node by node, a cap apart (powers of two); a queue's
+    pools start at X_RING_LO / X_SPARE_LO (FramePool's layout)."""
     x = pool[5]
-    n = x[X_NODES]
-    if n == 1:
+    if x[X_NODES] == 1:
         return 0
-    end = n * x[X_RING]
-    if f < end:
-        return f >> x[X_RING_SHIFT]        # shifts, not divisions: per packet
-    return (f - end) >> x[X_CAP_SHIFT]
+    if f < x[X_RING_END]:
+        return (f - x[X_RING_LO]) >> x[X_RING_SHIFT]   # shifts, not divisions: per packet
+    return (f - x[X_SPARE_LO]) >> x[X_CAP_SHIFT]
 
 
 @inline
@@ -264,7 +263,7 @@ def active_meta(pool):
 @inline
 def ring_end(pool):
     """Frames below this index are ring frames (registered, may go to FILL)."""
-    return pool[5][X_NODES] * pool[5][X_RING]
+    return pool[5][X_RING_END]
 
 
 @inline
@@ -439,11 +438,19 @@ class FramePool:
     The spare regions start a power of two apart so a frame's node is two
     shifts away; the gaps are never touched and cost no memory (the memfd is
     sparse).
+
+    Multi-queue (@lanes receive queues on one UMEM): each queue has a
+    FramePool of its own over disjoint frames, queue by queue within each
+    region ([ring q0 n0 | q0 n1 | q1 n0 ...][spare q0 n0 | ...]), and a state
+    array of its own. Only that queue's receive thread moves its frames, so
+    queues share no lock and no cache line on the per-packet path; another
+    queue's frame in our RX ring is ABSENT here, hence a counted violation.
     """
 
     def __init__(self, frames: int, frame_size: int, cap: int | None = None,
                  chunk: int | None = None, cache: int | None = None,
-                 spill_at: int | None = None, nodes: list[int] | None = None) -> None:
+                 spill_at: int | None = None, nodes: list[int] | None = None,
+                 lane: int = 0, lanes: int = 1) -> None:
         cap = frames if cap is None else cap
         cache = 0 if cache is None else cache
         check_cap(frames, cap)
@@ -452,6 +459,8 @@ class FramePool:
                               remedy=f"use {CACHE_SIZE}, or 0 for none")
         self.node_ids = list(nodes) if nodes else [-1]
         n = len(self.node_ids)
+        self.lane, self.lanes = lane, lanes
+        npools = lanes * n                 # pools of every queue on this UMEM
         self.frames = frames
         self.cap = cap * n           # frames of all node pools together
         self.node_cap = cap
@@ -465,14 +474,17 @@ class FramePool:
         self.spare = np.zeros((n, sw), np.uint64)
         self.cache = np.zeros((n, max(cache, 1)), np.uint64)
         self.meta = np.zeros((n, N_META), np.int64)
-        self.span = n * frames + (n - 1) * cap + (cap - frames)   # frame indices used
+        self.span = span(frames, cap, npools)   # frame indices used on the UMEM
         self.state = np.full(self.span, ABSENT, np.uint8)
         self.x = np.zeros(N_X, np.int64)
         self.x[X_NODES], self.x[X_RING] = n, frames
         self.x[X_SHIFT], self.x[X_CACHE_W], self.x[X_SPARE_W] = self.shift, max(cache, 1), sw
         self.x[X_RING_SHIFT], self.x[X_CAP_SHIFT] = frames.bit_length() - 1, cap.bit_length() - 1
+        first = lane * n                   # this queue's first pool
+        self.x[X_RING_LO], self.x[X_RING_END] = first * frames, npools * frames
+        self.x[X_SPARE_LO] = npools * frames + first * cap
         for k in range(n):
-            lo = k * frames
+            lo = (first + k) * frames
             # LIFO: the most recently freed (cache-hot) frame is reused first
             self.free[k] = (np.arange(lo, lo + frames, dtype=np.uint64)[::-1]
                             << np.uint64(self.shift))
@@ -482,7 +494,7 @@ class FramePool:
             m[P_CHUNK] = chunk
             m[P_SPILL_AT] = frames // 4 if spill_at is None else spill_at
             m[P_SHIFT] = self.shift
-            m[P_RING_LO], m[P_SPARE_LO] = lo, n * frames + k * cap
+            m[P_RING_LO], m[P_SPARE_LO] = lo, npools * frames + (first + k) * cap
             m[P_NODE] = self.node_ids[k]
         self.nodes = [NodePool(self, k) for k in range(n)]
         self.t = (self.free, self.spare, self.cache, self.meta, self.state, self.x)
@@ -504,10 +516,10 @@ class FramePool:
         self.x[X_ACTIVE] = self.node_ids.index(node)
 
     def node_index_of(self, frame: int) -> int:
-        n, r = len(self.nodes), self.frames
-        if frame < n * r:
-            return frame // r
-        return (frame - n * r) // self.node_cap
+        x = self.x
+        if frame < x[X_RING_END]:
+            return int(frame - x[X_RING_LO]) // self.frames
+        return int(frame - x[X_SPARE_LO]) // self.node_cap
 
     # ---- accounting over every node pool --------------------------------------
     @property
@@ -555,6 +567,11 @@ class FramePool:
         assert 0 <= self.x[X_ACTIVE] < len(self.nodes)
 
 
+def span(frames: int, cap: int, npools: int) -> int:
+    """Frame indices a UMEM of @npools pools spans (FramePool's layout)."""
+    return npools * frames + (npools - 1) * cap + (cap - frames)
+
+
 # ---- memory ------------------------------------------------------------------
 HUGE = 2 << 20
 MFD_HUGE_2MB = 21 << 26
@@ -587,13 +604,18 @@ class Umem:
     @hugepages: "auto" uses hugetlb pages when enough are free (else 4 KiB
     pages, with THP advice where shmem THP is enabled, and says why in
     `pages`), "on" insists, "off" never tries.
+
+    @lanes: receive queues sharing this UMEM (XDP_SHARED_UMEM); each gets
+    @frames ring frames growing to @max_frames in a FramePool of its own
+    (`pools[q]`), and its own FILL/COMPLETION pair (`fills[q]`: queue 0's
+    comes with the UMEM, the others' with their sockets, xsk.py).
     """
 
     def __init__(self, frames: int = 4096, frame_size: int = 2048, headroom: int = 0,
                  fill_size: int = 0, comp_size: int = 64, max_frames: int | None = None,
                  hugepages: str = "auto", cache: int | None = None, chunk: int | None = None,
                  spill_at: int | None = None, nodes: list[int] | None = None,
-                 bind: bool = True) -> None:
+                 bind: bool = True, lanes: int = 1) -> None:
         check_frames(frames, frame_size, headroom)
         max_frames = frames if max_frames is None else max_frames
         check_cap(frames, max_frames)
@@ -605,9 +627,10 @@ class Umem:
         self.headroom = headroom
         self.nodes = list(nodes) if nodes else []
         n = max(len(self.nodes), 1)
+        self.lanes = lanes
         # what the memfd and the mapping span (FramePool's layout; sparse)
-        self.size = ((n - 1) * frames + n * max_frames) * frame_size
-        self.registered = n * frames * frame_size      # what the kernel pins
+        self.size = span(frames, max_frames, lanes * n) * frame_size
+        self.registered = lanes * n * frames * frame_size      # what the kernel pins
         self.bound = False
         self._handle = ctypes.c_void_p()
         self.memfd = -1
@@ -615,8 +638,9 @@ class Umem:
         self.area = None
         try:
             self._allocate(hugepages)
-            self.pool = FramePool(frames, frame_size, max_frames, chunk, cache, spill_at,
-                                  self.nodes)
+            self.pools = [FramePool(frames, frame_size, max_frames, chunk, cache, spill_at,
+                                    self.nodes, lane, lanes) for lane in range(lanes)]
+            self.pool = self.pools[0]
             if self.nodes and bind:
                 self._bind()      # before registration faults the ring frames in
             self.fill_x = native.XskRing()
@@ -638,10 +662,11 @@ class Umem:
             raise
         self.fill = Ring(self.fill_x, desc=False)
         self.comp = Ring(self.comp_x, desc=False)
+        self.fills: list[Ring | None] = [self.fill] + [None] * (lanes - 1)
 
-    def regions(self, k: int) -> list[tuple[int, int]]:
+    def regions(self, k: int, lane: int = 0) -> list[tuple[int, int]]:
         """Byte ranges [start, end) of node pool @k's frames (ring, spare)."""
-        p, fs = self.pool.nodes[k], self.frame_size
+        p, fs = self.pools[lane].nodes[k], self.frame_size
         r = [(p.ring_lo * fs, (p.ring_lo + self.frames) * fs)]
         if self.max_frames > self.frames:
             r.append((p.spare_lo * fs, (p.spare_lo + self.max_frames - self.frames) * fs))
@@ -649,18 +674,19 @@ class Umem:
 
     def _bind(self) -> None:
         base = self.area.ctypes.data
-        for k, node in enumerate(self.nodes):
-            for lo, hi in self.regions(k):
-                numa.bind(base + lo, hi - lo, node)
+        for lane in range(self.lanes):
+            for k, node in enumerate(self.nodes):
+                for lo, hi in self.regions(k, lane):
+                    numa.bind(base + lo, hi - lo, node)
         self.bound = True
 
-    def placement(self) -> list[dict]:
+    def placement(self, lane: int = 0) -> list[dict]:
         """Per node pool: the memory policy the kernel reports for its frames
         (get_mempolicy) and where its committed pages really are (move_pages)."""
         base, fs = self.area.ctypes.data, self.frame_size
         page = HUGE if self.hugetlb else PAGE
         out = []
-        for k, p in enumerate(self.pool.nodes):
+        for k, p in enumerate(self.pools[lane].nodes):
             mode, nodes = numa.policy_of(base + p.ring_lo * fs)
             where: dict[int, int] = {}
             spans = [(p.ring_lo, self.frames), (p.spare_lo, p.total - self.frames)]
@@ -730,15 +756,21 @@ class Umem:
         """Bytes of UMEM memory committed now (the memfd's allocated pages)."""
         return os.fstat(self.memfd).st_blocks * 512
 
-    def census(self) -> dict[str, int]:
-        return self.pool.census(self.fill.occupancy() if self.fill is not None else 0)
+    def census(self, lane: int | None = None) -> dict[str, int]:
+        """Frames per state, of one queue's pool or (None) of all of them."""
+        out: dict[str, int] = {}
+        for q in range(self.lanes) if lane is None else (lane,):
+            f = self.fills[q]
+            for key, v in self.pools[q].census(f.occupancy() if f is not None else 0).items():
+                out[key] = out.get(key, 0) + v
+        return out
 
-    def trim(self) -> int:
-        """Give the pool's free top chunks back to the system. Returns bytes."""
+    def trim(self, lane: int = 0) -> int:
+        """Give a queue pool's free top chunks back to the system. Returns bytes."""
         if self.hugetlb:
             return 0   # reserved pages: nothing to give back
         fs, n = self.frame_size, 0
-        for lo, hi in self.pool.trim():
+        for lo, hi in self.pools[lane].trim():
             self._map.madvise(mmap.MADV_REMOVE, lo * fs, (hi - lo) * fs)
             n += (hi - lo) * fs
         return n
@@ -747,6 +779,7 @@ class Umem:
         """Unregister and unmap. Sockets on this UMEM must be closed first."""
         if self._handle:
             self.fill = self.comp = None
+            self.fills = []
             native.libxdp.xsk_umem__delete(self._handle)
             self._handle = ctypes.c_void_p()
         self._release_memory()
