@@ -302,7 +302,7 @@ def check_interface(ifname: str, groups: list[str]) -> list[Check]:
         zc = feats & 8
         out.append(Check("zero-copy", OK if zc else INFO, "AF_XDP zero-copy supported" if zc else
                          f"not supported by {drv}: AF_XDP copy mode (one copy per packet)"))
-    out.append(Check("queues", INFO, f"{ln['rxq']} rx, {ln['txq']} tx (xdprx run --queue Q serves one)"))
+    out.append(Check("queues", INFO, f"{ln['rxq']} rx, {ln['txq']} tx (xdprx run receives from all; --queues to choose)"))
     prog = attached_xdp(ifname)
     if prog is None:
         out.append(Check("XDP program", OK, "none attached"))

@@ -114,10 +114,12 @@ class StatsCollector(Collector):
         yield from self._frames(st)
         yield from self._consumers(st.get("consumers", []))
         yield from self._numa(st.get("numa", {}))
+        yield from self._queues(st.get("per_queue", []))
 
     def _receiver(self, st: dict) -> Iterator[Metric]:
         info = InfoMetricFamily(P + "receiver", "The interface queue this daemon receives on")
         info.add_metric([], {"interface": str(st["interface"]), "queue": str(st["queue"]),
+                             "queues": ",".join(map(str, st.get("queues", [st["queue"]]))),
                              "mode": str(st["mode"]),
                              "zerocopy": "true" if st["zerocopy"] else "false"})
         yield info
@@ -141,6 +143,24 @@ class StatsCollector(Collector):
             for group, n in gp.items():
                 g.add_metric([group], n)
             yield g
+
+    def _queues(self, per: list[dict]) -> Iterator[Metric]:
+        """Per RX queue (several queues only; the totals are the unlabelled series)."""
+        if not per:
+            return
+        pk = _counter("queue_packets", "Packets received per RX queue", ("queue",))
+        dr = _counter("queue_socket_drops", "AF_XDP socket drops per RX queue "
+                      "(rx_dropped + rx_ring_full)", ("queue",))
+        fr = _gauge("queue_frames", "Frames of each RX queue's pool by state", ("queue", "state"))
+        for q in per:
+            lv = str(q["queue"])
+            pk.add_metric([lv], q["receiver"]["packets"])
+            dr.add_metric([lv], q["drops"])
+            for state in ("free", "fill", "kernel", "held"):
+                fr.add_metric([lv, state], q["frames"].get(state, 0))
+        yield pk
+        yield dr
+        yield fr
 
     def _kernel(self, st: dict) -> Iterator[Metric]:
         for key, value in st["xdp"].items():
