@@ -26,6 +26,9 @@ Separate processes, oversubscribed (procfan.py): `xdprx run` + 16 Subscriber
 processes against 16 kernel sockets, the AF_PACKET generator flat out on CPU 0;
 user space all on CPU 1 ("shared"), or the daemon on CPU 0 ("daemon-core").
 Call costs (calls.py): an empty recv(timeout=0) of each API.
+Multi-queue (queues.py): 1 vs 2 RX queues, xdprx against the C loop of the
+same design (c/mqrx.c), live-frames generator on each queue's CPU; and the
+per-queue loops' scaling in memory (queues_loop.py).
 
 Placement B: all receive work on CPU 1 (threaded NAPI pinned next to the
 contender, lossfree.py). Saturation for c_poll and xdprx as above; then for
@@ -54,6 +57,7 @@ sys.path.insert(0, str(HERE.parent))
 import calls  # noqa: E402
 import lossfree  # noqa: E402
 import procfan  # noqa: E402
+import queues  # noqa: E402
 from bench import OUT, _cpu_model, build, measure, run_paced  # noqa: E402
 from fanout import run_one  # noqa: E402
 
@@ -149,7 +153,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 
 def targets(s: dict, b: dict, ns: tuple[int, ...], pf: dict | None = None,
-            cc: dict | None = None) -> list[dict]:
+            cc: dict | None = None, mq: dict | None = None) -> list[dict]:
     """The project's targets, met or not and by how much, from this run."""
     def ratio(x, y) -> float | None:
         return x / y if x is not None and y else None
@@ -194,6 +198,18 @@ def targets(s: dict, b: dict, ns: tuple[int, ...], pf: dict | None = None,
         rows.append({"target": f"empty {name} <= {v['goal_us']} us (absolute, us)",
                      "value": v["us_median"], "goal": v["goal_us"], "higher_is_better": False,
                      "unit": "us"})
+    if mq:
+        rows += [{"target": "multi-queue: two receive loops >= 1.8x one (in memory, each loop "
+                            "on its own CPU, no kernel work competing)",
+                  "value": mq["in_memory"]["ratio_2_over_1"], "goal": 1.8, "higher_is_better": True},
+                 {"target": "multi-queue on veth: xdprx 2 queues / 1 queue (live-frames generator "
+                            "on each CPU; the CPUs are shared, see the section)",
+                  "value": mq["ratio_xdprx_2_over_1"], "goal": 1.8, "higher_is_better": True},
+                 {"target": "multi-queue on veth: the C loop 2 queues / 1 queue (for comparison)",
+                  "value": mq["ratio_c_2_over_1"], "goal": 1.8, "higher_is_better": True},
+                 {"target": "multi-queue on veth, 2 queues: xdprx / the C loop (same design)",
+                  "value": mq["ratio_xdprx_over_c"][2], "goal": GOALS["single_pps"],
+                  "higher_is_better": True}]
     lo, hi = min(ns), max(ns)
     for who in ("xdprx", "xdprx-proc", "kernel"):
         a, z = b.get(f"B {who}/{lo}", {}), b.get(f"B {who}/{hi}", {})
@@ -272,6 +288,21 @@ def markdown(report: dict) -> str:
                   "| call | median | min-max |", "|---|---|---|"]
         for k, v in cc.items():
             lines.append(f"| `{k}` | {v['us_median']:.2f} | {v['us_min']:.2f}-{v['us_max']:.2f} |")
+    mq = report.get("queues")
+    if mq:
+        lines += ["", f"## Multi-queue: 1 vs 2 RX queues (veth, native, live-frames generator on "
+                      f"each queue's CPU, receivers unpinned), median of {mq['reps']} x "
+                      f"{mq['seconds']} s", "",
+                  "| contender | packets/s (median) | min-max | CPU ns/packet |", "|---|---|---|---|"]
+        for k, v in mq["pps_median"].items():
+            lines.append(f"| {k.replace('/', ', ')} queue(s) | {_fmt_m(v)} | "
+                         f"{mq['pps_min'][k] / 1e6:.3f}-{mq['pps_max'][k] / 1e6:.3f} M | "
+                         f"{mq['cpu_ns_per_pkt_median'][k]:.1f} |")
+        im = mq["in_memory"]
+        lines += ["", f"In memory (benchmarks/queues_loop.py, each loop pinned to its own CPU): "
+                      f"1 loop {im['pps_median']['1'] / 1e6:.2f} M, 2 loops "
+                      f"{im['pps_median']['2'] / 1e6:.2f} M packets/s: "
+                      f"{im['ratio_2_over_1']:.2f}x."]
     lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for t in report["targets"]:
         unit = " us" if t.get("unit") == "us" else "x"
@@ -394,6 +425,10 @@ def run(quick: bool = False, out: str | None = None, reps: int | None = None,
                       f"p50/p99/p99.9 {sm['latency_p50_us']}/{sm['latency_p99_us']}/"
                       f"{sm['latency_p99.9_us']} us", flush=True)
     pf = procfan.run(16, seconds, reps)
+    mq = queues.run(seconds, reps, quick)
+    for v in mq["runs"].values():
+        for r in v:
+            r.pop("check", None)
     cc = calls.run(100_000 if quick else 300_000, reps + 2)
     lf = {k: lossfree.summarize(v, int(k.rsplit("/", 1)[1])) for k, v in raw_b.items()}
     for k, v in raw_b.items():
@@ -410,8 +445,8 @@ def run(quick: bool = False, out: str | None = None, reps: int | None = None,
               "seconds": seconds, "probe_seconds": probe_s, "latency_rate": lat_rate,
               "loss_threshold": lossfree.LOSS, "grace_seconds": lossfree.GRACE,
               "ns": list(ns), "wall_seconds": None, "summary": summarize(runs), "lossfree": lf,
-              "runs": runs, "lossfree_runs": raw_b, "procfan": pf, "calls": cc}
-    report["targets"] = targets(report["summary"], lf, ns, pf, cc)
+              "runs": runs, "lossfree_runs": raw_b, "procfan": pf, "calls": cc, "queues": mq}
+    report["targets"] = targets(report["summary"], lf, ns, pf, cc, mq)
     report["plots"] = plots(report, outdir)
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
     (outdir / "report.json").write_text(json.dumps(report, indent=2))

@@ -43,6 +43,14 @@ def test_bench_quick_writes_a_well_formed_report(pair, tmp_path):
                                  "Consumer.recv(timeout=0)", "Subscriber.recv(timeout=0)",
                                  "Subscriber first recv(timeout=0), fresh process"}
     assert all(0 < c["us_median"] < 1000 for c in rep["calls"].values())
+    mq = rep["queues"]                # multi-queue: 1 vs 2 queues, xdprx and C, and in memory
+    assert set(mq["pps_median"]) == {"c/1", "c/2", "xdprx/1", "xdprx/2"}
+    for k, runs in mq["runs"].items():
+        n = int(k.split("/")[1])
+        for r in runs:
+            assert r["packets"] > 0 and len(r["per_queue"]) == n and all(r["per_queue"]), (k, r)
+    assert mq["in_memory"]["pps_median"]["2"] > 0 and "## Multi-queue" in \
+        (out / "report.md").read_text()
     for t in rep["targets"]:
         assert t["met"] in (True, False, None) and t["target"]
         assert (t["value"] is None) == (t["met"] is None)

@@ -405,10 +405,12 @@ class Receiver:
         state is shared). @nice: the loops' nice value (e.g. -10, so that
         consumers sharing their CPUs never starve them). Returns why the
         first queue's loop stopped."""
-        if len(self.lanes) == 1:
-            return self._serve(duration, handler, state, nice)
         from .consumer import handler_state
         L = len(self.lanes)
+        if L == 1:
+            if state is not None and state.ndim == 2:     # a row per queue: one queue
+                state = handler_state(state, 1)[0]
+            return self._serve(duration, handler, state, nice)
         rows = (handler_state(state, L) if state is not None and state.ndim == 2
                 else [handler_state(state)] * L)
         errors: list[BaseException] = []
