@@ -219,3 +219,51 @@ def test_queue_parsing_and_irq_cpus(tmp_path):
     assert Q.irq_cpus("eth0", 1, interrupts, str(tmp_path)) == [3]
     assert Q.irq_cpus("eth0", 2, interrupts, str(tmp_path)) is None
     assert Q.irq_cpus("eth1", 1, interrupts, str(tmp_path)) is None
+
+
+def test_a_stalled_and_then_killed_subscriber_costs_only_itself_on_every_queue(pair4):
+    """A subscriber that never reads fills its ring on every queue: its losses
+    are counted per queue while another subscriber gets every packet; once
+    it is SIGKILLed every frame it held, on every queue, is back."""
+    n = 3000                                   # > the staller's 2048-slot rings
+    wants = [expected_hashes(100 + q, n, LO, HI) for q in range(4)]
+    ctl = f"/tmp/xrx-mq-{pair4.tag}.sock"
+    with DaemonProcess(pair4, ctl, [GROUP], "--mode", "native") as d:
+        stall = pair4.popen("rx", [sys.executable, "-m", "xdprx.testing", "consume", "--control",
+                                   ctl, "--group", GROUP, "--count", str(4 * n), "--timeout",
+                                   "120", "--stall"], stdout=subprocess.PIPE, text=True)
+        reader = pair4.popen("rx", [sys.executable, str(HERE / "run_mq_consumer.py"), ctl,
+                                    GROUP, str(n), str(4 * n)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
+        try:
+            assert stall.stdout.readline().strip() == "ready"
+            assert json.loads(reader.stdout.readline())["ready"] == [0, 1, 2, 3]
+            send_queues(pair4, range(4), n=n)
+            out = json.loads(reader.communicate(timeout=90)[0].splitlines()[-1])
+            st = request(ctl, {"cmd": "stats"})["stats"]
+            staller = [c for c in st["consumers"] if c.get("name", "").startswith("consume-")][0]
+            for q in range(4):
+                pq = staller["queues"][str(q)]
+                assert pq["delivered"] == 2048 and pq["dropped"] == n - 2048, (q, pq)
+                assert pq["held"] == 2048
+            stall.kill()
+            stall.wait()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                st = request(ctl, {"cmd": "stats"})["stats"]
+                if not st["consumers"] and all(q["frames"]["held"] == 0 for q in st["per_queue"]):
+                    break
+                time.sleep(0.1)
+            assert not st["consumers"], st["consumers"]
+            assert [q["frames"]["held"] for q in st["per_queue"]] == [0] * 4
+        finally:
+            for p in (stall, reader):
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert out["why"] == "handler" and out["counts"] == [n] * 4, out
+        s = out["stats"]
+        assert s["received"] == 4 * n and s["gaps"] == 0 and s["dropped"] == 0, s
+        check_queues(np.array([0] * 8 + out["hashes"], np.int64), wants, n)
+        assert st["drops"] == 0
+        assert d.stop() == 0, d.err
