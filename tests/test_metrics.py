@@ -124,11 +124,28 @@ def test_collector_names_and_types():
     assert value(s, "xdprx_consumer_dropped_total", **lab) == 1
     assert value(s, "xdprx_numa_refill_node") == 0
     assert value(s, "xdprx_numa_pool_frames", node="0", state="kernel") == 50
-    assert value(s, "xdprx_receiver_info", interface="xrx0", queue="0", mode="native",
-                 zerocopy="false") == 1
+    assert value(s, "xdprx_receiver_info", interface="xrx0", queue="0", queues="0",
+                 mode="native", zerocopy="false") == 1
     types = {f.name.removesuffix("_total"): f.type for f in text_string_to_metric_families(text)}
     assert types["xdprx_rx_packets"] == "counter" and types["xdprx_frames"] == "gauge"
     assert types["xdprx_consumer_delivered"] == "counter"
+
+
+def test_collector_per_queue_series():
+    """Several RX queues: each queue's packets, socket drops and frames under a
+    `queue` label beside the totals."""
+    per = [{"queue": q, "receiver": {"packets": 5 + q}, "drops": q,
+            "frames": {"free": 1, "fill": 2, "kernel": 3, "held": q}} for q in (0, 1)]
+    st = dict(FAKE, queues=[0, 1], per_queue=per)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(metrics.StatsCollector(lambda: st))
+    s = samples(generate_latest(reg).decode())
+    assert value(s, "xdprx_queue_packets_total", queue="1") == 6
+    assert value(s, "xdprx_queue_socket_drops_total", queue="1") == 1
+    assert value(s, "xdprx_queue_frames", queue="1", state="held") == 1
+    assert value(s, "xdprx_queue_frames", queue="0", state="fill") == 2
+    assert value(s, "xdprx_receiver_info", interface="xrx0", queue="0", queues="0,1",
+                 mode="native", zerocopy="false") == 1
 
 
 def scrape(pair, port=PORT) -> str:
