@@ -66,8 +66,8 @@ def u(dport=5000, **kw):
 HBH, DST, RT, FRAG = (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(),
                       IPv6ExtHdrFragment(m=0, offset=0))
 
-# The frame that found the IPv4-mapped bug (seed 1, frame 1391, before the
-# fix): IPv6 to ::ffff:239.1.2.3, UDP port 5000, one payload byte. Both the
+# The frame that found the IPv4-mapped bug (seed 1, frame 1391 of the first
+# generator version): IPv6 to ::ffff:239.1.2.3, UDP port 5000, one byte. Both the
 # XDP program and packet.py matched it to the IPv4 group 239.1.2.3:5000.
 MAPPED_FOUND = bytes.fromhex(
     "33330000123402000000000286dd6a401c180009118cfe80000000000000455022b5293d4424"
