@@ -12,7 +12,9 @@
  * valid IHL, IPv6 with up to MAX_EXT_HDRS extension headers before UDP
  * (hop-by-hop, only first; routing with segments left 0; destination options;
  * an atomic fragment header, offset 0 and no more fragments), UDP.
- * Passed: ARP, ICMP, unicast, unsubscribed groups, IPv4 and IPv6 fragments
+ * Passed: ARP, ICMP, unicast, unsubscribed groups, IPv6 packets to an
+ * IPv4-mapped address (::ffff:a.b.c.d, how IPv4 groups are keyed: never an
+ * IPv4 group's traffic), IPv4 and IPv6 fragments
  * (first and non-first: user space cannot reassemble; counted as fragment
  * when the protocol is UDP), IPv6 routing headers with segments left (not
  * the final destination yet), more than MAX_EXT_HDRS IPv6 extension headers
@@ -256,6 +258,12 @@ int xdprx_redirect(struct xdp_md *ctx)
 		udp = p;
 		if (!udp_ok(udp, ip_end, data_end))
 			return malformed();
+		/* ::ffff:a.b.c.d keys the IPv4 groups: an IPv6 packet to such an
+		 * address (never valid on the wire, RFC 4291 2.5.5.2) is no
+		 * subscriber's, least of all an IPv4 group's */
+		if (ip6->daddr.in6_u.u6_addr32[0] == 0 && ip6->daddr.in6_u.u6_addr32[1] == 0 &&
+		    ip6->daddr.in6_u.u6_addr32[2] == bpf_htonl(0xffff))
+			return pass();
 		key.port = udp->dest;
 		__builtin_memcpy(key.addr, &ip6->daddr, 16);
 	} else {

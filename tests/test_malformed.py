@@ -71,6 +71,10 @@ CASES = [
     ("ipv6 routing, segments left", chain6([(43, {"segments_left": 1})], T.udp(1, P, b"abcd")),
      "passed"),
     ("ipv6 hop-by-hop + icmpv6 (mld)", chain6([HBH], b"\x8f\x00" + bytes(6), last=58), "passed"),
+    # IPv4 groups are keyed as ::ffff:a.b.c.d; an IPv6 packet to that address
+    # is not the IPv4 group's (found by tests/test_fuzz_parser.py)
+    ("ipv6 to an ipv4-mapped group address",
+     T.eth(T.ipv6(f"::ffff:{G4}", T.udp(1, P, b"mapped")), 0x86DD, dst=MC6), "passed"),
     ("three vlan tags", T.eth(good4(b"abcd"), 0x0800, vlans=(1, 2, 3)), "passed"),
     ("tcp", T.eth(T.ipv4(G4, b"\x00" * 20, proto=6), 0x0800), "passed"),
     ("arp", T.eth(b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x00" * 20, 0x0806,

@@ -1,4 +1,4 @@
-"""The `xdprx` command: run, subscribe, stats, doctor, demo, bench.
+"""The `xdprx` command: run, subscribe, stats, doctor, demo, bench, stress.
 
 Every user error ends in one line `xdprx: error: <what>; <remedy>` and exit
 code 2 (argparse's convention for usage errors).
@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")
     b.add_argument("--seconds", type=float, default=None, help="seconds per run (default 5)")
     b.set_defaults(fn=cmd_bench)
+    st = sub.add_parser("stress", add_help=False,
+                        help="checkers: ring stress (xsk, cring), parser fuzzing (fuzz)")
+    st.add_argument("args", nargs=argparse.REMAINDER)
+    st.set_defaults(fn=lambda a: __import__("xdprx.stress").stress.main(a.args))
     d = sub.add_parser("demo", help="self-contained demo on its own veth pair")
     d.add_argument("--seconds", type=float, default=5.0)
     d.add_argument("--rate", type=int, default=100000, help="packets/s offered")

@@ -31,6 +31,16 @@ def be16(b, i):
 @inline
 def match_group(b, a, v4, port, g_addr, g_port):
     """Index of the subscription for the address at b[a:] and @port, or -1."""
+    if not v4 and b[a + 10] == 0xFF and b[a + 11] == 0xFF:
+        # an IPv6 packet to ::ffff:a.b.c.d, the form IPv4 groups are keyed
+        # in: never an IPv4 group's (bpf/redirect.c passes it too)
+        mapped = True
+        for j in range(10):
+            if b[a + j] != 0:
+                mapped = False
+                break
+        if mapped:
+            return -1
     for k in range(g_port.shape[0]):
         if g_port[k] != port:
             continue
