@@ -10,8 +10,9 @@ Request  {"cmd": "control"}        Reply {"ok": true, "control": {...}}: this
 Failures get {"ok": false, "error": "...", "errno": N, "remedy": "..."}.
 
 One request per connection, one reply per request: a request is one line of
-UTF-8 JSON, an object with "cmd" and the fields of that command (FIELDS; an
-unknown field or a field of the wrong type is refused, naming it). Whatever a
+UTF-8 JSON, an object with "cmd" and the fields of that command (FIELDS: a
+field of the wrong type is refused, naming it; an unknown field is ignored, so
+clients older or newer than the daemon keep working). Whatever a
 client sends - bytes that are not UTF-8 or not JSON, JSON nested 100000 deep,
 a line longer than MAX_REQUEST, a line cut short by the end of the connection -
 it gets one {"ok": false, ...} reply that says what was wrong, and the
@@ -228,9 +229,7 @@ def _check_fields(cmd: str, req: dict, spec: dict[str, str]) -> dict:
             continue
         kind = spec.get(key)
         if kind is None:
-            known = ", ".join(spec) or "none"
-            raise BadRequest(f"unknown field '{printable(key)}' in a {cmd} request "
-                             f"(its fields: {known})")
+            continue   # ignored, not passed on: older and newer clients keep working
         if kind == "int":
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
                 raise BadRequest(f'"{key}" must be an integer or null, not {_jtype(v)}')
