@@ -15,7 +15,7 @@ import threading
 import time
 from typing import TextIO
 
-from .control import ControlServer, Peer, Reply
+from .control import ControlServer, Peer, Reply, printable
 from .notify import Notifier
 from .cring import reopen_readonly
 from .receiver import Receiver, set_nice
@@ -93,7 +93,7 @@ class Daemon:
         try:
             self.control = ControlServer(control, {"stats": self._stats,
                                                    "subscribe": self._subscribe},
-                                         allow_uids, allow_gids) if control else None
+                                         allow_uids, allow_gids, log=self._log) if control else None
         except BaseException:
             self._close_metrics()
             raise
@@ -113,7 +113,7 @@ class Daemon:
         """A consumer in another process: its ring, and the UMEM read-only."""
         ring = _int(req, "ring", 2048)
         quota = _int(req, "quota", None)
-        name = str(req.get("name") or "")[:64]
+        name = printable(str(req.get("name") or ""))   # client text: never a forged log line
         entries = self.rx.add_consumer(req.get("groups"), ring, quota,
                                        info={"pid": peer.pid, "uid": peer.uid, "name": name},
                                        wake_batch=_int(req, "wake_batch", None),
@@ -130,12 +130,13 @@ class Daemon:
                 os.close(fd)
             self.rx.unsubscribe(cid)
             raise
-        self._log(f"consumer {cid} (pid {peer.pid} uid {peer.uid}) subscribed to "
+        who = f"pid {peer.pid} uid {peer.uid}" + (f" name '{name}'" if name else "")
+        self._log(f"consumer {cid} ({who}) subscribed to "
                   f"{', '.join(str(self.rx.groups[s]) for s in e.subs)}")
 
         def gone() -> None:
             n = self.rx.unsubscribe(cid)
-            self._log(f"consumer {cid} (pid {peer.pid}) left; {n} frame references reclaimed")
+            self._log(f"consumer {cid} ({who}) left; {n} frame references reclaimed")
         return Reply({"ok": True, "consumer": cid, "groups": [str(g) for g in self.rx.groups],
                       "subs": e.subs, "umem_size": self.rx.umem.size,
                       "frame_size": self.rx.umem.frame_size, "ring": ring,
