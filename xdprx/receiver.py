@@ -341,12 +341,15 @@ class Receiver:
         loop.signal_ctl(self._ctl, loop.K_ATTN, self._attn)
         deadline = time.monotonic() + 30
         while not fut.done():
-            if self._lock.acquire(timeout=0.05):   # the holder left meanwhile
+            # the loop's thread answers within microseconds; if it left the
+            # loop meanwhile (nobody holds the lock), run the work here
+            concurrent.futures.wait((fut,), timeout=0.05)
+            if not fut.done() and self._lock.acquire(blocking=False):
                 try:
                     self._run_ops()
                 finally:
                     self._lock.release()
-            if time.monotonic() > deadline:
+            if not fut.done() and time.monotonic() > deadline:
                 raise XdprxError("the receive loop did not answer within 30 s", E.ETIMEDOUT,
                                  "is its thread blocked outside xdprx (a handler that never "
                                  "returns)?")
