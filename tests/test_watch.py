@@ -159,3 +159,23 @@ def test_watch_on_a_terminal_draws_a_table(pair, tmp_path):
     text = screen.decode(errors="replace")
     assert "delivered" in text and "wake-ups/s" in text and "eventfd writes" in text
     assert "\x1b[" in text, "a terminal gets the live (redrawn) view"
+
+
+def test_rates_per_queue_and_the_daemon_line():
+    from xdprx.daemon import format_line
+
+    def st(q0, q1):
+        per = [{"queue": q, "receiver": {"packets": n}, "drops": q, "frames": {"held": q}}
+               for q, n in ((0, q0), (1, q1))]
+        return {"receiver": {"packets": q0 + q1, "bytes": 0, "deliveries": 0,
+                             "eventfd_writes": 0, "consumer_drops": 0},
+                "drops": 1, "frames": {"held": 1, "total": 64, "free": 63, "fill": 0,
+                                       "kernel": 0, "cap": 64, "resident_bytes": 0},
+                "xdp": {"passed": 0}, "consumers": [], "per_queue": per}
+    a, b = st(100, 50), st(300, 250)
+    r = watch.rates(b, a, 2.0)
+    assert [(q["queue"], q["pps"]) for q in r["queues"]] == [(0, 100), (1, 100)]
+    lines = watch.plain_lines(r)
+    assert lines[1] == "  queues 0: 100 pps (drops 0, held 0), 1: 100 pps (drops 1, held 1)"
+    assert format_line(b, a, 2.0).endswith("| queues 0:100 1:100 pps")
+    assert format_line(b, None, 1.0).endswith("| queues 0:- 1:- pps")

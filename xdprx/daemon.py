@@ -34,7 +34,19 @@ def format_line(st: dict, prev: dict | None, dt: float) -> str:
             + (f" | consumers {len(st['consumers'])}, wake-ups {wps:,.0f}/s" if st.get("consumers")
                else "")
             + (f" | numa node {st['numa']['refill_node']}" if "refill_node" in st.get("numa", {})
-               else ""))
+               else "")
+            + _queue_rates(st, prev, dt))
+
+
+def _queue_rates(st: dict, prev: dict | None, dt: float) -> str:
+    """Several RX queues: each one's packets/s."""
+    per = st.get("per_queue")
+    if not per:
+        return ""
+    before = {q["queue"]: q["receiver"]["packets"] for q in (prev or {}).get("per_queue", [])}
+    return " | queues " + " ".join(
+        f"{q['queue']}:{(q['receiver']['packets'] - before[q['queue']]) / dt:,.0f}"
+        if q["queue"] in before and dt > 0 else f"{q['queue']}:-" for q in per) + " pps"
 
 
 def format_numa(n: dict) -> str:

@@ -34,7 +34,13 @@ def rates(st: dict, prev: dict | None, dt: float) -> dict:
            "drops_ps": rate(drops, prev["drops"] + p.get("consumer_drops", 0) if prev else None),
            "xsk_drops": st["drops"], "consumer_drops": r.get("consumer_drops", 0),
            "frames_held": st["frames"]["held"], "frames_total": st["frames"]["total"],
-           "consumers": []}
+           "consumers": [], "queues": []}
+    pq = {q["queue"]: q for q in (prev or {}).get("per_queue", [])}
+    for q in st.get("per_queue", []):       # several RX queues: each one's rate
+        b = pq.get(q["queue"], {}).get("receiver", {})
+        out["queues"].append({"queue": q["queue"], "packets": q["receiver"]["packets"],
+                              "pps": rate(q["receiver"]["packets"], b.get("packets")),
+                              "drops": q["drops"], "frames_held": q["frames"]["held"]})
     for c in st.get("consumers", []):
         b = before.get(c["id"], {})
         out["consumers"].append({
@@ -52,6 +58,10 @@ def plain_lines(r: dict) -> list[str]:
              f"{r['eventfd_writes_ps']:,.0f}/s | drops {r['drops']:,d} ({r['drops_ps']:,.0f}/s) "
              f"| frames held {r['frames_held']}/{r['frames_total']} | consumers "
              f"{len(r['consumers'])}"]
+    if r.get("queues"):
+        lines.append("  queues " + ", ".join(f"{q['queue']}: {q['pps']:,.0f} pps (drops "
+                                            f"{q['drops']:,d}, held {q['frames_held']})"
+                                            for q in r["queues"]))
     for c in r["consumers"]:
         who = f"pid {c['pid']}" if c["pid"] is not None else "in-process"
         lines.append(f"  consumer {c['id']} ({who}{', ' + c['name'] if c['name'] else ''}) "
@@ -71,7 +81,10 @@ def table(r: dict, title: str):
                  f"{r['packets']:,d} in all | deliveries {r['deliveries_ps']:,.0f}/s | "
                  f"eventfd writes {r['eventfd_writes_ps']:,.0f}/s | drops {r['drops']:,d} "
                  f"(socket {r['xsk_drops']:,d}, consumers {r['consumer_drops']:,d}) | "
-                 f"frames held {r['frames_held']}/{r['frames_total']}")
+                 f"frames held {r['frames_held']}/{r['frames_total']}"
+                 + ("".join(f"\nqueue {q['queue']}: {q['pps']:,.0f} pkts/s, drops "
+                            f"{q['drops']:,d}, frames held {q['frames_held']}"
+                            for q in r.get("queues", []))))
     t.caption_justify = "left"
     for c in r["consumers"]:
         who = f"pid {c['pid']}" if c["pid"] is not None else "in-process"
