@@ -38,7 +38,8 @@ def main() -> None:
         st = rx.stats()
     per = [int(x) for x in state[:, 0]]
     print(json.dumps({"packets": first + sum(per), "seconds": dt, "cpu": cpu,
-                      "per_queue": per, "drops": st["drops"], "check": int(state[:, 1].sum() & 1)}))
+                      "per_queue": per, "drops": st["drops"], "check": int(state[:, 1].sum() & 1),
+                      **{k: st["receiver"][k] for k in ("batches", "sleeps", "kicks")}}))
 
 
 if __name__ == "__main__":
