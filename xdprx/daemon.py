@@ -100,6 +100,10 @@ class Daemon:
         self.json_lines = json_lines
         self.stopping = False
         self._switches = 0
+        # this daemon's lifetime (its start, wall-clock ns): a restarted daemon
+        # numbers every group from 0 again, so a reconnecting Subscriber needs
+        # to know the numbering it reads is a new one
+        self.epoch = time.time_ns()
         # handlers first: once the control socket exists, a signal must stop us cleanly
         self._old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -153,7 +157,8 @@ class Daemon:
                       "subs": e.subs, "umem_size": self.rx.umem.size,
                       "frame_size": self.rx.umem.frame_size, "ring": ring,
                       "queues": list(self.rx.queues),
-                      "quota": int(e.ring.views.quota)}, fds, gone)
+                      "quota": int(e.ring.views.quota),
+                      "epoch": self.epoch, "pid": os.getpid()}, fds, gone)
 
     def _log_switches(self, st: dict) -> None:
         """Every NUMA refill switch since the last line, with its reason."""

@@ -3,6 +3,7 @@
     python -m xdprx.stress xsk   --count 4000000 [--batch 32]
     python -m xdprx.stress cring --count 2000000 [--batch 32]
     python -m xdprx.stress fuzz  --frames 1000000 [--seed S]   (xdprx.fuzz)
+    python -m xdprx.stress restart --kills 100 [--json]         (xdprx.restart)
 
 This process produces on CPU 0; a child it spawns consumes on CPU 1, over
 shared memfds. Both sides run xdprx's own ring code, spinning, so every
@@ -312,6 +313,9 @@ def cring_consumer(fd: int, ring_fd: int, ctl_fd: int, count: int, batch: int, f
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "restart":  # daemon kill/restart rounds: python -m xdprx.restart
+        from .restart import main as restart_main
+        return restart_main(argv[1:])
     if argv and argv[0] == "fuzz":  # parser fuzzing: python -m xdprx.fuzz
         from .fuzz import main as fuzz_main
         return fuzz_main(argv[1:])
