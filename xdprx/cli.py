@@ -69,9 +69,13 @@ def cmd_run(a: argparse.Namespace) -> int:
                   topology=Topology(a.numa_sysfs), spin=a.spin, wake_batch=a.wake_batch,
                   wake_usecs=a.wake_usecs)
     try:
+        reread = None
+        if a.config:
+            from .config import reread as _reread
+            reread = lambda: _reread(a.config, a.argv, a, parse_args)  # noqa: E731
         d = Daemon(rx, a.control or default_path(a.iface), interval=a.interval,
                    json_lines=a.json, allow_uids=uids, allow_gids=gids, nice=a.nice,
-                   metrics=a.metrics)
+                   metrics=a.metrics, reread=reread)
         d.serve(duration=a.duration)
     finally:
         rx.close()
@@ -240,11 +244,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.cmd == "run" and a.config:
         from .config import apply
+        cli_groups = bool(a.group)
         lists = apply(ap.run_parser, a.config)
         a = ap.parse_args(argv)
         for k, v in lists.items():
             if not getattr(a, k):   # a list on the command line replaces the file's
                 setattr(a, k, v)
+        # SIGHUP reads the file again under the same command line
+        a.argv, a.cli_groups = list(sys.argv[1:] if argv is None else argv), cli_groups
     return a
 
 
