@@ -199,8 +199,8 @@ class Daemon:
         else:
             try:
                 added, removed = self.rx.set_groups(r.groups)
-            except XdprxError as e:
-                self._log(f"reload refused, nothing changed: {e}")
+            except XdprxError as e:     # checks first; a join/leave failing comes last
+                self._log(f"reload failed: {e}")
                 return
             gone = {str(g) for g in removed}
             self._log(f"reload: groups added: {', '.join(map(str, added)) or 'none'}; "
@@ -254,7 +254,10 @@ class Daemon:
                     os.eventfd_read(self._wake)
                 if self._hup and not self.stopping:
                     self._hup = False
-                    self.reload()
+                    try:
+                        self.reload()
+                    except Exception as e:  # noqa: BLE001 - a reload never ends the daemon
+                        self._log(f"reload failed: {type(e).__name__}: {e}")
                 now = time.monotonic()
                 if duration is not None and now - t0 >= duration:
                     break

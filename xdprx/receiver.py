@@ -347,7 +347,10 @@ class Receiver:
                 raise ConfigError(f"{len(self.groups) + len(fresh)} group slots (removed groups "
                                   f"keep theirs) exceed {MAX_GROUP_SLOTS}",
                                   remedy="restart xdprx run to start a fresh table")
-            self.groups.extend(fresh)             # shared with every queue's Receiver
+            # shared with every queue's Receiver; not subscribable (listed as
+            # removed) until every queue's table has the new slots
+            self._removed.update(range(len(self.groups), len(self.groups) + len(fresh)))
+            self.groups.extend(fresh)
             on = {self.groups.index(g): g.port for g in added}
             off = {self.groups.index(g): 0 for g in removed}
             # added: the tables know a group before the XDP program redirects it
@@ -359,10 +362,10 @@ class Receiver:
                     self.prog.subscribe(self.groups[i].addr, self.groups[i].port, i)
             # removed: out of the XDP map first (the kernel gets its packets),
             # then the tables (frames already in the RX ring are rejected, counted)
+            self._removed.update(off)         # no new subscriber from here on
             for i in off:
                 self.prog.unsubscribe(self.groups[i].addr, self.groups[i].port)
             if off:
-                self._removed.update(off)
                 for lane in self.lanes:
                     lane._on_loop(lambda lane=lane: lane._set_table(off))
             if self._membership is not None:
