@@ -25,6 +25,9 @@ import numpy as np
 
 GROUP = "239.1.2.3:5000"
 SEED = 42
+# ~0.4 s of slack per consumer at 20,000 pps: a Python consumer on a busy
+# 2-core machine may stall that long (32 MiB of UMEM)
+FRAMES, RING = 16384, 8192
 # the njit consumer's state: counters, then the expected payload hash by seq
 S_RECEIVED, S_GAPS, S_BAD, S_NEXT, S_COUNT, S_HASH = 0, 1, 2, 3, 4, 8
 BASIS = np.int64(-3750763034362895579)     # FNV-1a 64
@@ -89,9 +92,10 @@ def consumer(control: str, index: int, count: int, lo: int, hi: int, kind: str,
         state = np.zeros(S_HASH + count, np.int64)
         state[S_COUNT] = count
         _hashes(pool, offs, sizes, state[S_HASH:])
-        sub = Subscriber(control, [GROUP], name=f"demo-{index}-run", handler=check_handler)
+        sub = Subscriber(control, [GROUP], name=f"demo-{index}-run", handler=check_handler,
+                         ring_size=RING)
     else:
-        sub = Subscriber(control, [GROUP], name=f"demo-{index}-recv")
+        sub = Subscriber(control, [GROUP], name=f"demo-{index}-recv", ring_size=RING)
     pool_b = pool.tobytes()
     print("ready", flush=True)
     end = time.monotonic() + timeout
@@ -176,6 +180,7 @@ def demo(seconds: float = 5.0, rate: int = 20000, mode: str = "native", consumer
             log = open(os.path.join(tmp, "daemon.log"), "w+")
             daemon = pair.popen("rx", py + ["xdprx.cli", "run", pair.rx_if, "--group", GROUP,
                                             "--control", ctl, "--mode", mode,
+                                            "--frames", str(FRAMES),
                                             "--interval", "3600"],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             deadline = time.monotonic() + 120
