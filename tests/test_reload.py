@@ -208,3 +208,41 @@ def test_sighup_changes_every_queues_table(tmp_path):
             finally:
                 r.close()
             assert d.stop() == 0
+
+
+def test_receiver_set_groups_in_process(pair):
+    """The Python API under the reload: a removed group keeps its id, and
+    re-adding it revives the same slot with its sequence numbers going on."""
+    import xdprx
+    from xdprx.errors import ConfigError
+    n = 100
+
+    def receive(rx, want):
+        got = []
+        end = time.monotonic() + 10
+        while len(got) < want and time.monotonic() < end:
+            got += [(str(p.group), p.seq) for p in rx.recv(timeout=0.1)]
+        return got
+
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [A])
+    with rx:
+        added, removed = rx.set_groups([A, B])
+        assert ([str(g) for g in added], removed) == ([B], [])
+        assert pair.run("tx", send_cmd(B, n, seed=5, rate=5000)).returncode == 0
+        assert receive(rx, n) == [(B, s) for s in range(n)]
+        assert [str(g) for g in rx.set_groups([A])[1]] == [B]
+        with pytest.raises(ConfigError, match="not received here"):
+            rx.subscribe([B])
+        with pytest.raises(ConfigError, match="no group given"):
+            rx.set_groups([])
+        assert rx.stats()["groups"] == [A]
+        assert pair.run("tx", send_cmd(B, n, seed=6, rate=5000)).returncode == 0
+        assert receive(rx, 1) == [] and rx.stats()["group_packets"][B] == n
+        rx.set_groups([B, A])                       # B again: its old slot
+        assert [str(g) for g in rx.groups] == [A, B] and rx.stats()["groups"] == [A, B]
+        c = rx.subscribe([B])
+        assert pair.run("tx", send_cmd(B, n, seed=7, rate=5000)).returncode == 0
+        assert receive(rx, n) == [(B, s) for s in range(n, 2 * n)]
+        assert [p.seq for p in c.recv(timeout=1)][:1] == [n]
+        c.close()
