@@ -69,9 +69,13 @@ def cmd_run(a: argparse.Namespace) -> int:
                   topology=Topology(a.numa_sysfs), spin=a.spin, wake_batch=a.wake_batch,
                   wake_usecs=a.wake_usecs)
     try:
+        reread = None
+        if a.config:
+            from .config import reread as _reread
+            reread = lambda: _reread(a.config, a.argv, a, parse_args)  # noqa: E731
         d = Daemon(rx, a.control or default_path(a.iface), interval=a.interval,
                    json_lines=a.json, allow_uids=uids, allow_gids=gids, nice=a.nice,
-                   metrics=a.metrics)
+                   metrics=a.metrics, reread=reread)
         d.serve(duration=a.duration)
     finally:
         rx.close()
@@ -136,7 +140,7 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import demo
-    return demo(seconds=a.seconds, rate=a.rate, mode=a.mode)
+    return demo(seconds=a.seconds, rate=a.rate, mode=a.mode, consumers=a.consumers)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -145,8 +149,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from pathlib import Path
     suite = Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py"
     if not suite.exists():
-        raise ConfigError("xdprx bench needs the source tree (benchmarks/ next to xdprx/)",
-                          remedy="run it from a clone: pip install -e . there")
+        raise ConfigError(f"xdprx bench needs the source tree (benchmarks/suite.py next to "
+                          f"{Path(__file__).resolve().parent}), and this xdprx is installed "
+                          f"without it",
+                          remedy="git clone the xdprx repository, pip install -e . in the clone, "
+                                 "and run xdprx bench there")
     argv = (["--quick"] if a.quick else []) + (["--out", a.out] if a.out else []) + \
         (["--reps", str(a.reps)] if a.reps else []) + \
         (["--seconds", str(a.seconds)] if a.seconds else [])
@@ -225,10 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkers: ring stress (xsk, cring), parser fuzzing (fuzz)")
     st.add_argument("args", nargs=argparse.REMAINDER)
     st.set_defaults(fn=lambda a: __import__("xdprx.stress").stress.main(a.args))
-    d = sub.add_parser("demo", help="self-contained demo on its own veth pair")
+    d = sub.add_parser("demo", help="the daemon and its subscribers on their own veth pair")
     d.add_argument("--seconds", type=float, default=5.0)
-    d.add_argument("--rate", type=int, default=100000, help="packets/s offered")
+    d.add_argument("--rate", type=int, default=20000, help="packets/s offered")
     d.add_argument("--mode", choices=("auto", "native", "skb"), default="native")
+    d.add_argument("--consumers", type=int, default=3,
+                   help="subscriber processes (the first uses run(handler), the others recv())")
     d.set_defaults(fn=cmd_demo)
     return ap
 
@@ -240,11 +249,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.cmd == "run" and a.config:
         from .config import apply
+        cli_groups = bool(a.group)
         lists = apply(ap.run_parser, a.config)
         a = ap.parse_args(argv)
         for k, v in lists.items():
             if not getattr(a, k):   # a list on the command line replaces the file's
                 setattr(a, k, v)
+        # SIGHUP reads the file again under the same command line
+        a.argv, a.cli_groups = list(sys.argv[1:] if argv is None else argv), cli_groups
     return a
 
 

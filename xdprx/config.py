@@ -5,11 +5,16 @@ or `max_frames`), plus `iface`. Repeatable options take lists
 (`group = ["239.1.2.3:5000"]`). Options given on the command line override
 the file; a list on the command line replaces the file's list. An unknown key
 or a wrong type is one ConfigError naming the key.
+
+SIGHUP (reread): the daemon reads the file again; its groups are applied
+live (Receiver.set_groups), other options that changed are only reported:
+they need a restart.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 try:
     import tomllib
@@ -102,3 +107,33 @@ def apply(parser: argparse.ArgumentParser, path: str) -> dict[str, list]:
     lists = {k: v for k, v in values.items() if isinstance(v, list)}
     parser.set_defaults(**{k: v for k, v in values.items() if k not in lists})
     return lists
+
+
+# not options, or applied live: never reported as needing a restart
+NOT_COMPARED = {"group", "cmd", "fn", "config", "argv", "cli_groups"}
+
+
+@dataclass
+class Reread:
+    groups: list[str] | None   # None: --group on the command line overrides the file
+    restart: list[str]         # other options whose value changed: they need a restart
+
+
+def reread(path: str, argv: list[str], start: argparse.Namespace,
+           parse: Callable[[list[str]], argparse.Namespace]) -> Reread:
+    """The file at @path again, under the same command line (@argv, parsed by
+    @parse with a fresh parser): the groups to receive and what else changed
+    against @start. ConfigError (one line naming the key) if the file is bad."""
+    from .groups import parse_groups
+    try:
+        new = parse(argv)
+    except SystemExit:   # argparse already printed why; should not happen (same argv)
+        raise ConfigError(f"config {path}: the options do not parse",
+                          remedy="check the file against `xdprx run --help`") from None
+    try:
+        parse_groups(new.group)
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: group: {e.what}", remedy=e.remedy) from None
+    restart = sorted(k.replace("_", "-") for k, v in vars(new).items()
+                     if k not in NOT_COMPARED and v != getattr(start, k, None))
+    return Reread(None if getattr(start, "cli_groups", False) else list(new.group), restart)

@@ -4,16 +4,19 @@ The compiled receive loop (loop.rx_loop) runs on its own thread ("xdprx-rx",
 GIL released, nice -10 so consumers sharing its CPU cannot starve it); the
 control socket has a thread of its own; the main thread handles signals and
 prints the live line. Signals stop the loop through its control word and
-attention eventfd, from the handler itself."""
+attention eventfd, from the handler itself. SIGHUP asks the main thread to
+read the --config file again (config.reread): its groups change live
+(Receiver.set_groups), consumers keep their rings."""
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 from .control import ControlServer, Peer, Reply, printable
 from .notify import Notifier
@@ -79,8 +82,11 @@ class Daemon:
     def __init__(self, rx: Receiver, control: str | None, out: TextIO = sys.stdout,
                  interval: float = 1.0, json_lines: bool = False,
                  allow_uids: set[int] | None = None, allow_gids: set[int] | None = None,
-                 nice: int | None = -10, metrics: str | None = None) -> None:
-        """@metrics: '[ADDR:]PORT' to serve Prometheus metrics on (metrics.py)."""
+                 nice: int | None = -10, metrics: str | None = None,
+                 reread: "Callable[[], object] | None" = None) -> None:
+        """@metrics: '[ADDR:]PORT' to serve Prometheus metrics on (metrics.py).
+        @reread: on SIGHUP, returns the config file's settings again
+        (config.Reread) or raises ConfigError; None: no file to reload."""
         self.rx = rx
         if nice is not None:
             # every thread of the daemon, not only the receive loop's: the loop
@@ -104,14 +110,20 @@ class Daemon:
         # numbers every group from 0 again, so a reconnecting Subscriber needs
         # to know the numbering it reads is a new one
         self.epoch = time.time_ns()
+        self.reread = reread
+        self._hup = False
+        # the main thread sleeps on this: a signal (or the loop ending) wakes it
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         # handlers first: once the control socket exists, a signal must stop us cleanly
         self._old = {s: signal.signal(s, self.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._sighup)
         try:
             self.control = ControlServer(control, {"stats": self._stats,
                                                    "subscribe": self._subscribe},
                                          allow_uids, allow_gids, log=self._log) if control else None
         except BaseException:
             self._close_metrics()
+            os.close(self._wake)
             raise
 
     def _close_metrics(self) -> None:
@@ -172,6 +184,55 @@ class Daemon:
     def stop(self, *_sig) -> None:
         self.stopping = True
         self.rx.stop()
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:     # closed: serve() has returned
+            pass
+
+    def _sighup(self, *_sig) -> None:
+        """Only a flag: the main loop does the work (a handler may run while
+        the main thread holds a receiver lock)."""
+        self._hup = True
+        self._poke()
+
+    def reload(self) -> None:
+        """Read the config file again (SIGHUP): apply its groups, report the
+        rest. A bad file changes nothing."""
+        from .errors import XdprxError
+        if self.reread is None:
+            self._log("SIGHUP: no --config file; nothing to reload")
+            return
+        try:
+            r = self.reread()
+        except XdprxError as e:
+            self._log(f"reload refused, nothing changed: {e}")
+            return
+        if r.groups is None:
+            self._log("reload: --group on the command line overrides the file's groups; "
+                      "they stay as they are")
+        else:
+            try:
+                added, removed = self.rx.set_groups(r.groups)
+            except XdprxError as e:     # checks first; a join/leave failing comes last
+                self._log(f"reload failed: {e}")
+                return
+            gone = {str(g) for g in removed}
+            self._log(f"reload: groups added: {', '.join(map(str, added)) or 'none'}; "
+                      f"removed: {', '.join(map(str, removed)) or 'none'}; now receiving "
+                      f"{', '.join(map(str, self.rx.live_groups()))}")
+            if gone:
+                for c in self.rx.stats()["consumers"]:
+                    if set(c["groups"]) <= gone:
+                        who = c.get("name") or f"pid {c.get('pid')}"
+                        self._log(f"consumer {c['id']} ({who}) has none of its groups left "
+                                  f"({', '.join(c['groups'])}): "
+                                  f"it stays connected and receives nothing more")
+        if r.restart:
+            self._log(f"reload: {', '.join(r.restart)} changed in the file; "
+                      f"restart xdprx run to apply (running with the old values)")
 
     def serve(self, duration: float | None = None) -> dict:
         """Receive until SIGINT/SIGTERM (or @duration s); returns final stats."""
@@ -186,6 +247,7 @@ class Daemon:
                 failed.append(e)
             finally:
                 self.stopping = True
+                self._poke()
 
         rx_thread = threading.Thread(target=receive, name="xdprx-rx", daemon=True)
         try:
@@ -204,7 +266,15 @@ class Daemon:
                 wait = last + self.interval - now
                 if duration is not None:
                     wait = min(wait, t0 + duration - now)
-                rx_thread.join(timeout=max(wait, 0.0))   # signals interrupt it
+                # signals and the loop's end write to _wake
+                if select.select([self._wake], [], [], max(wait, 0.0))[0]:
+                    os.eventfd_read(self._wake)
+                if self._hup and not self.stopping:
+                    self._hup = False
+                    try:
+                        self.reload()
+                    except Exception as e:  # noqa: BLE001 - a reload never ends the daemon
+                        self._log(f"reload failed: {type(e).__name__}: {e}")
                 now = time.monotonic()
                 if duration is not None and now - t0 >= duration:
                     break
@@ -225,6 +295,8 @@ class Daemon:
             self._close_metrics()
             for s, h in self._old.items():
                 signal.signal(s, h)
+            wake, self._wake = self._wake, -1    # a late signal must not write to a reused fd
+            os.close(wake)
             if self.control:
                 self.control.close()
         if failed:

@@ -16,6 +16,7 @@ from .groups import Group
 class Membership:
     def __init__(self, ifindex: int, groups: list[Group]) -> None:
         self._socks: dict[int, socket.socket] = {}
+        self.ifindex = ifindex
         try:
             for g in groups:
                 self._join(ifindex, g)
@@ -29,19 +30,30 @@ class Membership:
             self._socks[version] = socket.socket(fam, socket.SOCK_DGRAM)
         return self._socks[version]
 
-    def _join(self, ifindex: int, g: Group) -> None:
+    def _join(self, ifindex: int, g: Group, leave: bool = False) -> None:
         s = self._sock(g.addr.version)
         try:
             if g.addr.version == 4:  # struct ip_mreqn
-                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                s.setsockopt(socket.IPPROTO_IP,
+                             socket.IP_DROP_MEMBERSHIP if leave else socket.IP_ADD_MEMBERSHIP,
                              struct.pack("=4s4si", g.addr.packed, b"\0" * 4, ifindex))
             else:  # struct ipv6_mreq
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                s.setsockopt(socket.IPPROTO_IPV6,
+                             socket.IPV6_LEAVE_GROUP if leave else socket.IPV6_JOIN_GROUP,
                              struct.pack("=16si", g.addr.packed, ifindex))
         except OSError as e:
-            raise from_errno(f"joining multicast group {g.addr} on ifindex {ifindex}", e.errno,
+            raise from_errno(f"{'leaving' if leave else 'joining'} multicast group {g.addr} "
+                             f"on ifindex {ifindex}", e.errno,
                              "check the interface is up and has an address of that family"
                              ) from None
+
+    def join(self, g: Group) -> None:
+        """One more group (config reload)."""
+        self._join(self.ifindex, g)
+
+    def leave(self, g: Group) -> None:
+        """Leave one group (config reload); the other memberships stay."""
+        self._join(self.ifindex, g, leave=True)
 
     def close(self) -> None:
         for s in self._socks.values():

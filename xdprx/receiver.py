@@ -50,6 +50,7 @@ from .umem import Umem
 from .xsk import XskSocket
 
 log = logging.getLogger("xdprx")
+MAX_GROUP_SLOTS = 4096      # the XDP program's subscriptions map (bpf/redirect.c)
 
 
 class Receiver:
@@ -76,6 +77,11 @@ class Receiver:
                  queues: "str | int | Iterable[int] | None" = None,
                  cpus: "str | Iterable[int] | None" = None) -> None:
         self.groups = parse_groups(groups)
+        # set_groups(): removed groups keep their index (subscription ids never
+        # change), listed here; the table and self.groups only grow
+        self._removed: set[int] = set()
+        self._membership: Membership | None = None
+        self._reload_lock = threading.Lock()
         if mode not in ("auto", "native", "skb"):
             raise ConfigError(f"unknown mode {mode!r}", remedy="use auto, native or skb")
         if not 1 <= batch_size <= 65536:
@@ -135,7 +141,7 @@ class Receiver:
             for i, g in enumerate(self.groups):
                 self.prog.subscribe(g.addr, g.port, i)
             if join:
-                m = Membership(self.ifindex, self.groups)
+                m = self._membership = Membership(self.ifindex, self.groups)
                 self._stack.callback(m.close)
             self.zerocopy = self.xsk.zerocopy
         except BaseException:
@@ -151,8 +157,8 @@ class Receiver:
         """The Receiver of queue number k (k >= 1) of @first: its socket on the
         shared UMEM, its own pool, consumer table, NUMA policy and loop."""
         q = cls.__new__(cls)
-        for name in ("groups", "ifname", "ifindex", "queues", "cpus", "batch_size", "spin",
-                     "refill_min", "trim_after", "topology", "numa_every", "_hub_args",
+        for name in ("groups", "_removed", "ifname", "ifindex", "queues", "cpus", "batch_size",
+                     "spin", "refill_min", "trim_after", "topology", "numa_every", "_hub_args",
                      "_numa_args", "_rx_size", "_copy", "prog", "umem", "mode"):
             setattr(q, name, getattr(first, name))
         q.queue, q.lane, q.lanes = first.queues[k], k, [q]
@@ -303,16 +309,88 @@ class Receiver:
 
     def subscription_ids(self, groups) -> list[int]:
         if groups is None:
-            return list(range(len(self.groups)))
+            return [i for i in range(len(self.groups)) if i not in self._removed]
         want = parse_groups([groups] if isinstance(groups, (str, Group)) else groups)
+        live = self.live_groups()
         ids = []
         for g in want:
-            if g not in self.groups:
+            if g not in live:
                 raise ConfigError(f"{g} is not received here (groups: "
-                                  f"{', '.join(map(str, self.groups))})",
-                                  remedy="add it with --group when starting xdprx run")
+                                  f"{', '.join(map(str, live))})",
+                                  remedy="add it with --group when starting xdprx run "
+                                         "(or to its --config file, then SIGHUP)")
             ids.append(self.groups.index(g))
         return ids
+
+    def live_groups(self) -> list[Group]:
+        """The groups received now (self.groups also lists removed ones: a
+        subscription id is an index into it, for good)."""
+        return [g for i, g in enumerate(self.groups) if i not in self._removed]
+
+    # ---- changing the groups while running (xdprx run: SIGHUP) -----------------
+    def set_groups(self, groups: Iterable[str | Group]) -> tuple[list[Group], list[Group]]:
+        """Receive @groups from now on; returns (added, removed). Consumers
+        keep their rings and the groups that remain; sequence numbers go on.
+        Ids are never reused for another group: a removed group keeps its
+        table slot as a dead entry (port 0, out of the XDP map), an added one
+        is appended (or revives its old slot). Every queue's tables change on
+        its own loop's thread (_on_loop), so no packet is parsed against a
+        half-changed table."""
+        want = parse_groups(groups)
+        with self._reload_lock:
+            self._check_open()
+            live = self.live_groups()
+            added = [g for g in want if g not in live]
+            removed = [g for g in live if g not in want]
+            fresh = [g for g in added if g not in self.groups]
+            if len(self.groups) + len(fresh) > MAX_GROUP_SLOTS:
+                raise ConfigError(f"{len(self.groups) + len(fresh)} group slots (removed groups "
+                                  f"keep theirs) exceed {MAX_GROUP_SLOTS}",
+                                  remedy="restart xdprx run to start a fresh table")
+            # shared with every queue's Receiver; not subscribable (listed as
+            # removed) until every queue's table has the new slots
+            self._removed.update(range(len(self.groups), len(self.groups) + len(fresh)))
+            self.groups.extend(fresh)
+            on = {self.groups.index(g): g.port for g in added}
+            off = {self.groups.index(g): 0 for g in removed}
+            # added: the tables know a group before the XDP program redirects it
+            if on:
+                for lane in self.lanes:
+                    lane._on_loop(lambda lane=lane: lane._set_table(on))
+                self._removed.difference_update(on)
+                for i in on:
+                    self.prog.subscribe(self.groups[i].addr, self.groups[i].port, i)
+            # removed: out of the XDP map first (the kernel gets its packets),
+            # then the tables (frames already in the RX ring are rejected, counted)
+            self._removed.update(off)         # no new subscriber from here on
+            for i in off:
+                self.prog.unsubscribe(self.groups[i].addr, self.groups[i].port)
+            if off:
+                for lane in self.lanes:
+                    lane._on_loop(lambda lane=lane: lane._set_table(off))
+            if self._membership is not None:
+                for g in removed:
+                    self._membership.leave(g)
+                for g in added:
+                    self._membership.join(g)
+            return added, removed
+
+    def _set_table(self, ports: dict[int, int]) -> None:
+        """This queue's group table grown to self.groups, with @ports
+        ({slot: port, 0 for a dead slot}) set (on the loop, under the lock)."""
+        n, old = len(self.groups), len(self._g_port)
+        if n > old:    # new arrays: the old ones stay valid for the current context
+            a, p = group_table(self.groups)
+            a[:old], p[:old] = self._g_addr, self._g_port
+            seq = np.full(n, self._seq_base, np.uint64)
+            seq[:old] = self._g_seq                 # sequence numbers go on
+            self._g_addr, self._g_port, self._g_seq = a, p, seq
+            self.hub.nsubs = n
+            self.hub._reindex()                     # sub_start grows with the table
+        for i, port in ports.items():
+            self._g_port[i] = port
+        self._ctx = self._make_context()
+        self._gen = self.hub.generation
 
     def _refresh_context(self) -> None:
         if self._gen != self.hub.generation:
@@ -679,7 +757,7 @@ class Receiver:
         first = per[0]
         out = {"interface": self.ifname, "queue": self.queue, "queues": list(self.queues),
                "mode": self.mode, "zerocopy": self.zerocopy,
-               "groups": [str(g) for g in self.groups], "xdp": self.prog.counters(),
+               "groups": [str(g) for g in self.live_groups()], "xdp": self.prog.counters(),
                "numa": first["numa"]}
         if len(per) == 1:
             out.update({k: first[k] for k in ("group_packets", "receiver", "xsk", "drops",
@@ -724,7 +802,7 @@ class Receiver:
                 f"{'zero-copy' if self.zerocopy else 'copy'} mode, {self.umem.frames} frames "
                 f"(cap {self.umem.max_frames}) of {self.umem.frame_size} B"
                 f"{' per queue' if len(self.queues) > 1 else ''} on {self.umem.pages}, "
-                f"groups {', '.join(map(str, self.groups))}; {self._numa_line()}")
+                f"groups {', '.join(map(str, self.live_groups()))}; {self._numa_line()}")
 
     def _numa_line(self) -> str:
         if self.policy is None:
