@@ -47,16 +47,18 @@ ERROR_LINE = re.compile(r"error|traceback|exception|internal", re.I)
 
 # ---- the setup: a pair, a daemon, bounded traffic ---------------------------------
 class Harness:
-    """A pair and `xdprx run` on it; traffic is sent in batches of @batch
-    packets at @rate packets/s, each batch a sender process, polled from the
-    main thread (no threads here: we fork, and a fork copies only the calling
+    """A pair and `xdprx run` on it; traffic at @rate packets/s from one
+    AF_XDP sender process (at most @batch packets and @max_seconds, until
+    stop_traffic()), polled from the main thread (no threads here: we fork, and a fork copies only the calling
     thread, with whatever locks the others held)."""
 
-    def __init__(self, workdir: str, rate: int, batch: int, frames: int = 8192) -> None:
+    def __init__(self, workdir: str, rate: int, batch: int, frames: int = 8192,
+                 max_seconds: float = 3600.0) -> None:
         self.workdir = workdir
         self.ctl = os.path.join(workdir, "storm.sock")
         self.logfile = os.path.join(workdir, "daemon.log")
         self.rate, self.batch, self.frames = rate, batch, frames
+        self.max_seconds = max_seconds
         self.pair: VethPair | None = None
         self.daemon: subprocess.Popen | None = None
         self.sender: subprocess.Popen | None = None
@@ -86,7 +88,7 @@ class Harness:
 
     # traffic ---------------------------------------------------------------------
     def _reap_sender(self) -> None:
-        out, err = self.sender.communicate(timeout=60)
+        out, err = self.sender.communicate(input="", timeout=60)   # EOF: stop
         try:
             self.sent += int(out.strip().splitlines()[-1])
             self.batches += 1
@@ -95,20 +97,22 @@ class Harness:
         self.sender = None
 
     def pump(self, on: bool = True) -> None:
-        """Keep traffic flowing (@on): reap a finished batch, start the next."""
+        """Keep traffic flowing (@on): one sender process for the whole run
+        (a fresh one per batch left gaps of seconds on a busy box), started
+        here and restarted only if it ends (count or time limit reached)."""
         if self.sender is not None and self.sender.poll() is not None:
             self._reap_sender()
         if on and self.sender is None and not self.traffic_error:
             self._seed += 1
             self.sender = self.pair.popen(
-                "tx", send_cmd(GROUP, self.batch, seed=self._seed, lo=SIZES[0], hi=SIZES[1],
-                               rate=self.rate, xdp=True, timeout=60),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                close_fds=True)
+                "tx", [sys.executable, "-m", "xdprx.storm", "send", "--count", str(self.batch),
+                       "--rate", str(self.rate), "--seed", str(self._seed),
+                       "--seconds", str(self.max_seconds)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, close_fds=True)
 
     def stop_traffic(self) -> None:
         if self.sender is not None:
-            self.sender.wait(timeout=90)
             self._reap_sender()
 
     # the daemon ------------------------------------------------------------------
@@ -472,7 +476,7 @@ def kill_storm(workdir: str, kills: int, rate: int = 50000, parallel: int = 4,
     problems: list[str] = []
     out: dict = {"test": "kill-storm", "kills_asked": kills, "rate": rate,
                  "parallel": parallel, "survivors": survivors}
-    with Harness(workdir, rate, batch=max(rate * 10, 1000), frames=frames) as h:
+    with Harness(workdir, rate, batch=rate * 3600, frames=frames) as h:
         fs = ForkServer(h.ctl)
         try:
             readers = [fs.spawn("read", ring=4096) for _ in range(survivors)]
@@ -607,7 +611,7 @@ def soak(workdir: str, seconds: float, rate: int = 20000, consumers: int = 16,
     counts = {"read": 0, "stall": 0, "die": 0}
     accounts: list[dict] = []
     samples: list[dict] = []
-    with Harness(workdir, rate, batch=max(rate * 10, 1000), frames=frames) as h:
+    with Harness(workdir, rate, batch=rate * 3600, frames=frames) as h:
         fs = ForkServer(h.ctl)
         try:
             fds_before = h.fds()          # no consumer yet
@@ -748,6 +752,23 @@ def soak(workdir: str, seconds: float, rate: int = 20000, consumers: int = 16,
     return out
 
 
+def send_stream(count: int, rate: int, seconds: float, seed: int = 1) -> int:
+    """AF_XDP traffic to GROUP from the tx end until stdin closes, @count
+    packets or @seconds pass: one Sender, the same chunk of payloads again
+    and again (the payloads are not what is checked here; the count is).
+    Returns packets sent."""
+    from .sender import Sender
+    from .testing import payloads
+    chunk = payloads(seed, 2048, *SIZES)
+    sent = 0
+    end = time.monotonic() + seconds
+    with Sender(VethPair.tx_if, queue=0, sport=40000) as tx:
+        while sent < count and time.monotonic() < end and not _stopped(0):
+            n = min(len(chunk), count - sent)
+            sent += tx.send(GROUP, chunk[:n], rate=rate, timeout=max(end - time.monotonic(), 0.1))
+    return sent
+
+
 def _summary(o: dict) -> str:
     mib = 1 << 20
     if o["test"] == "kill-storm":
@@ -776,9 +797,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--rate", type=int, default=20000, help="packets/s offered")
     s.add_argument("--consumers", type=int, default=16)
     s.add_argument("--seed", type=int, default=1)
+    t = sub.add_parser("send", help="(internal) the harness's sender, in the tx namespace")
+    t.add_argument("--count", type=int, required=True)
+    t.add_argument("--rate", type=int, required=True)
+    t.add_argument("--seconds", type=float, required=True)
+    t.add_argument("--seed", type=int, default=1)
     for p in (k, s):
         p.add_argument("--json", action="store_true", help="the full result as JSON")
     a = ap.parse_args(argv)
+    if a.cmd == "send":
+        print(send_stream(a.count, a.rate, a.seconds, a.seed), flush=True)
+        return 0
     if os.geteuid() != 0:
         print("xdprx: error: stress needs root (namespaces, XDP, AF_XDP); run it as root",
               file=sys.stderr)
