@@ -104,6 +104,11 @@ def test_checks_catch_what_they_claim():
             o["after"]["fd_targets"] = ["a"] * 30 + ["/dev/leak"]
         probs = storm._kill_problems(o)
         assert probs and word in " ".join(probs), (path, probs)
+    # regression: the 10,000-kill run's baseline caught a control socket
+    # being torn down (32 -> 31): fewer descriptors after is no leak
+    fewer = copy.deepcopy(base)
+    fewer["after"].update(fds=29, fd_targets=["a"] * 29)
+    assert storm._kill_problems(fewer) == []
     lost = copy.deepcopy(base)
     lost["survivor_results"][0].update(received=99, delivered=99, gaps=1, dropped=1)
     assert any("kept up" in p for p in storm._kill_problems(lost))
