@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=None, help="seconds per run (default 5)")
     b.set_defaults(fn=cmd_bench)
     st = sub.add_parser("stress", add_help=False,
-                        help="checkers: ring stress (xsk, cring), parser fuzzing (fuzz)")
+                        help="checkers: ring stress (xsk, cring), parser fuzzing (fuzz), "
+                             "kill storms (kill), soak (soak)")
     st.add_argument("args", nargs=argparse.REMAINDER)
     st.set_defaults(fn=lambda a: __import__("xdprx.stress").stress.main(a.args))
     d = sub.add_parser("demo", help="the daemon and its subscribers on their own veth pair")

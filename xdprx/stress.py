@@ -4,6 +4,8 @@
     python -m xdprx.stress cring --count 2000000 [--batch 32]
     python -m xdprx.stress fuzz  --frames 1000000 [--seed S]   (xdprx.fuzz)
     python -m xdprx.stress restart --kills 100 [--json]         (xdprx.restart)
+    python -m xdprx.stress kill  --kills 10000 --json          (xdprx.storm)
+    python -m xdprx.stress soak  --seconds 600 --json          (xdprx.storm)
 
 This process produces on CPU 0; a child it spawns consumes on CPU 1, over
 shared memfds. Both sides run xdprx's own ring code, spinning, so every
@@ -319,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "fuzz":  # parser fuzzing: python -m xdprx.fuzz
         from .fuzz import main as fuzz_main
         return fuzz_main(argv[1:])
+    if argv and argv[0] in ("kill", "soak"):  # kill storms, soak: python -m xdprx.storm
+        from .storm import main as storm_main
+        return storm_main(argv)
     if argv and argv[0] == "xsk-consumer":
         fd, count, batch, size = (int(x) for x in argv[1:5])
         print(json.dumps(xsk_consumer(fd, count, batch, size, float(argv[5]))))
