@@ -399,6 +399,32 @@ def cons_recv(cctx, timeout_ns):
     return cons_wait(cctx, end)
 
 
+@inline
+def cons_sleep_all(cctxs, gpfd, timeout_ns):
+    """cons_sleep for many rings at once: arm each (waiting = sleep number,
+    fence, look again); if all are still empty, one epoll wait on the set in
+    @gpfd (every ring's eventfd, the lifelines) for up to @timeout_ns; a
+    lifeline's EOF marks the rings whose pfd names it gone; disarm."""
+    n = cctxs.shape[0]
+    c0 = cctxs[0]
+    fn, scratch = a1(c0, X.C_FN, np.uint64), a1(c0, X.C_SCRATCH, np.int64)
+    events = gpfd[P_EVENTS:]
+    avail = 0
+    for i in range(n):
+        c = cctxs[i]
+        avail += CR.arm(a1(c, X.C_WAITING, np.uint32), a1(c, X.C_PROD, np.uint32),
+                        a1(c, X.C_LOCAL, np.int64))
+    if avail == 0:
+        k = epoll_wait_ns(fn, gpfd[P_EPFD], events, timeout_ns, scratch)
+        for e in range(k):
+            fd = epoll_data(events, e)
+            for i in range(n):
+                if a1(cctxs[i], X.C_PFD, np.int32)[P_LIFELINE] == fd:
+                    a1(cctxs[i], X.C_CTL, np.int64)[K_GONE] = 1
+    for i in range(n):
+        store_relaxed(a1(cctxs[i], X.C_WAITING, np.uint32), 0)
+
+
 @kernel
 def cons_recv_many(cctxs, rr, timeout_ns):
     """recv() of a consumer with one ring per receive queue (@cctxs, a row
@@ -411,7 +437,6 @@ def cons_recv_many(cctxs, rr, timeout_ns):
     c0 = cctxs[0]
     fn, scratch = a1(c0, X.C_FN, np.uint64), a1(c0, X.C_SCRATCH, np.int64)
     ctl0, pfd0 = a1(c0, X.C_CTL, np.int64), a1(c0, X.C_PFD, np.int32)
-    events = pfd0[P_EVENTS:]
     for i in range(n):
         cons_let_go(cctxs[i])
     now = now_ns(fn, scratch)
@@ -430,19 +455,7 @@ def cons_recv_many(cctxs, rr, timeout_ns):
             return -1
         if now >= end or load_relaxed(ctl0[K_STOP:]) != 0:
             return 0
-        avail = 0
-        for i in range(n):
-            c = cctxs[i]
-            avail += CR.arm(a1(c, X.C_WAITING, np.uint32), a1(c, X.C_PROD, np.uint32),
-                            a1(c, X.C_LOCAL, np.int64))
-        if avail == 0:
-            k = epoll_wait_ns(fn, pfd0[P_EPFD], events, end - now, scratch)
-            for e in range(k):
-                if epoll_data(events, e) == pfd0[P_LIFELINE]:
-                    for i in range(n):
-                        a1(cctxs[i], X.C_CTL, np.int64)[K_GONE] = 1
-        for i in range(n):
-            store_relaxed(a1(cctxs[i], X.C_WAITING, np.uint32), 0)
+        cons_sleep_all(cctxs, pfd0, end - now)
         now = now_ns(fn, scratch)
 
 
@@ -499,7 +512,6 @@ def cons_run_many(cctxs, gpfd, umem_ro, handler, states, rows, slice_ns):
     c0 = cctxs[0]
     fn, scratch = a1(c0, X.C_FN, np.uint64), a1(c0, X.C_SCRATCH, np.int64)
     ctl0 = a1(c0, X.C_CTL, np.int64)
-    events = gpfd[P_EVENTS:]
     end = now_ns(fn, scratch) + slice_ns
     while True:
         if load_relaxed(ctl0[K_STOP:]) != 0:
@@ -531,21 +543,7 @@ def cons_run_many(cctxs, gpfd, umem_ro, handler, states, rows, slice_ns):
         if now >= end:
             return R_TIMEOUT
         # every ring looked empty: announce the sleep on each, look once more
-        avail = 0
-        for i in range(n):
-            c = cctxs[i]
-            avail += CR.arm(a1(c, X.C_WAITING, np.uint32), a1(c, X.C_PROD, np.uint32),
-                            a1(c, X.C_LOCAL, np.int64))
-        if avail == 0:
-            k = epoll_wait_ns(fn, gpfd[P_EPFD], events, end - now, scratch)
-            for e in range(k):
-                fd = epoll_data(events, e)
-                for i in range(n):
-                    pfd = a1(cctxs[i], X.C_PFD, np.int32)
-                    if pfd[P_LIFELINE] == fd:
-                        a1(cctxs[i], X.C_CTL, np.int64)[K_GONE] = 1
-        for i in range(n):
-            store_relaxed(a1(cctxs[i], X.C_WAITING, np.uint32), 0)
+        cons_sleep_all(cctxs, gpfd, end - now)
 
 
 # ---- warm-up: load every kernel with its real types before traffic ------------
