@@ -14,7 +14,9 @@ from conftest import needs_root
 
 
 def _show(o):
-    return {k: v for k, v in o.items() if k != "samples"}
+    """What failed, first, in a line pytest does not cut short."""
+    return "; ".join(o["problems"][:8]) + " | " + str(
+        {k: v for k, v in o.items() if k not in ("samples", "problems")})
 
 
 @needs_root

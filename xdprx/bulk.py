@@ -48,12 +48,16 @@ N_STATS = 24
 
 # consumer table: one int64 row per consumer, private to the receive thread
 (C_ACTIVE, C_RING, C_CTL, C_SIZE, C_QUOTA, C_PROD, C_PUB, C_REAPED, C_DELIVERED,
- C_DROPPED, C_BAD, C_WAKES, C_EFD, C_WAKE_BATCH, C_WAKE_NS, C_PEND_NS, C_WOKEN) = range(17)
+ C_DROPPED, C_BAD, C_WAKES, C_EFD, C_WAKE_BATCH, C_WAKE_NS, C_PEND_NS, C_WOKEN,
+ C_DROP_END) = range(18)
 # C_EFD: the consumer's eventfd; C_WAKE_BATCH / C_WAKE_NS: wake it when this
 # many entries are queued or this long after the first one (interrupt
 # moderation); C_PEND_NS: when entries first waited for a sleeping consumer (0: none);
-# C_WOKEN: the consumer's `waiting` word (its sleep number) when we last woke it
-NCOL = 17
+# C_WOKEN: the consumer's `waiting` word (its sleep number) when we last woke it;
+# C_DROP_END: 1 + the sequence number of the last packet dropped for it (0: none),
+# so that a consumer can count drops after the last packet it read (a gap
+# shows only once a later packet arrives; one that leaves sees none)
+NCOL = 18
 # hub parameters and gauges (int64)
 H_NSLOTS, H_NACTIVE, H_RESERVE, H_NWAKE = range(4)
 N_HUB = 8
@@ -122,7 +126,7 @@ def push(ctab, c, base):
 
 
 @inline
-def fan_out(ctab, sub_start, sub_cons, sub, base, hub, meta):
+def fan_out(ctab, sub_start, sub_cons, sub, base, seq, hub, meta):
     """Offer the frame to every consumer of @sub. A consumer at its quota (or,
     when the pool runs low, above its fair share) misses it alone.
     Returns (references taken, consumers that missed it)."""
@@ -140,6 +144,7 @@ def fan_out(ctab, sub_start, sub_cons, sub, base, hub, meta):
             limit = fair
         if held >= limit:
             ctab[c, C_DROPPED] += 1
+            ctab[c, C_DROP_END] = seq + 1
             missed += 1
             continue
         push(ctab, c, base)
@@ -188,9 +193,10 @@ def publish(ctab, hub, wake, now):
     for c in range(hub[H_NSLOTS]):
         if ctab[c, C_ACTIVE] == 0:
             continue
-        counters = raw(ctab[c, C_RING] + CR.OFF_COUNTERS, 2, np.uint64)
+        counters = raw(ctab[c, C_RING] + CR.OFF_COUNTERS, 3, np.uint64)
         counters[0] = ctab[c, C_DELIVERED]
         counters[1] = ctab[c, C_DROPPED]
+        counters[2] = ctab[c, C_DROP_END]
         if ctab[c, C_PROD] != ctab[c, C_PUB]:
             # release: the slots and the frames' descriptors are visible first
             store_release(raw(ctab[c, C_RING] + CR.OFF_PROD, 1, np.uint32), ctab[c, C_PROD])
@@ -337,7 +343,8 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
         u64[q + F.Q_SEQ] = seq
         u64[q + F.Q_TS] = now_ns
         # 5. fan-out: one ring slot per consumer, one count in the descriptor
-        refs, missed = fan_out(ctab, sub_start, sub_cons, sub, base, hub, active_meta(pool))
+        refs, missed = fan_out(ctab, sub_start, sub_cons, sub, base, seq, hub,
+                              active_meta(pool))
         stats[S_DELIVERIES] += refs
         stats[S_CONSUMER_DROPS] += missed
         if self_ref:

@@ -6,7 +6,8 @@ Each consumer owns two small memfds, split by who may write them:
     RING (the receive loop writes; the consumer maps it read-only)
         0     magic u32 'XRCR', version u32, size u32, quota u32, frame_size u32, id u32
         64    prod u32        producer index (release-stored once per batch)
-        128   delivered u64, dropped u64   this consumer's counters, per batch
+        128   delivered u64, dropped u64, drop_end u64   this consumer's
+              counters, per batch (drop_end: 1 + the last dropped seq, 0: none)
         192   status u32      0 live, 1 closed by the daemon
         4096  slots u64[size] frame base addresses (the descriptor is at the base)
     CTL (the consumer writes; the receive loop only reads, and validates)
@@ -84,7 +85,7 @@ class RingViews:
         self.size = int(self.header[2])
         self.quota = int(self.header[3])
         self.prod = r[OFF_PROD:OFF_PROD + 4].view(np.uint32)
-        self.counters = r[OFF_COUNTERS:OFF_COUNTERS + 16].view(np.uint64)
+        self.counters = r[OFF_COUNTERS:OFF_COUNTERS + 24].view(np.uint64)
         self.status = r[OFF_STATUS:OFF_STATUS + 4].view(np.uint32)
         self.slots = r[OFF_SLOTS:OFF_SLOTS + self.size * 8].view(np.uint64)
         self.cons = c[CTL_CONS:CTL_CONS + 4].view(np.uint32)
