@@ -29,5 +29,5 @@ fi
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 
 # build the XDP program and fill the Numba cache once, so the first run starts fast
-.venv/bin/python -c "import xdprx.bpfprog as b, xdprx.receiver as r; b.build(); r.warm()"
+.venv/bin/python -c "import xdprx.kernel.bpfprog as b, xdprx.receiver as r; b.build(); r.warm()"
 echo "install.sh: ready (.venv/bin/xdprx)"

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 sys.path.insert(0, str(HERE.parent))
 
-from xdprx import bpfprog  # noqa: E402
+from xdprx.kernel import bpfprog
 from xdprx.testing import VethPair  # noqa: E402
 
 RX_CPU, GEN_CPU = "1", "0"

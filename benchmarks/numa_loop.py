@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from bench import OUT, _cpu_model  # noqa: E402
 
-from xdprx import bulk, cring as CR  # noqa: E402
+from xdprx import bulk, cring as CR
 from xdprx.feedback import Feedback  # noqa: E402
 from xdprx.groups import group_table, parse_groups  # noqa: E402
 from xdprx.hub import Hub  # noqa: E402

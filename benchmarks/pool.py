@@ -4,7 +4,7 @@ in use.
 
     sudo .venv/bin/python benchmarks/pool.py [--quick] [--reps N]
 
-1. recycle: the two-CPU ring harness (xdprx/stress.py, AF_XDP ring layout):
+1. recycle: the two-CPU ring harness (xdprx/testing/stress.py, AF_XDP ring layout):
    frames go out on a FILL-like ring and come back on a COMPLETION-like one,
    producer on CPU 0, consumer on CPU 1, both checking every entry. Batch 1
    is "one frame at a time" (an index load and a release store per frame,
@@ -35,7 +35,7 @@ BATCHES = (1, 4, 16, 32, 64, 256)
 
 
 def stress(batch: int, count: int) -> dict:
-    out = subprocess.run([sys.executable, "-m", "xdprx.stress", "xsk", "--count", str(count),
+    out = subprocess.run([sys.executable, "-m", "xdprx.testing.stress", "xsk", "--count", str(count),
                           "--batch", str(batch)], capture_output=True, text=True, timeout=300)
     r = json.loads(out.stdout)
     c = r["consumer"]

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from bench import OUT, build  # noqa: E402
 
-from xdprx import bpfprog  # noqa: E402
+from xdprx.kernel import bpfprog
 from xdprx.testing import VethPair  # noqa: E402
 
 QLISTS = {1: "0", 2: "0,1"}

@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 from bench import OUT, _cpu_model  # noqa: E402
 from numa_loop import fake_kernel  # noqa: E402
 
-from xdprx import bulk, cring as CR  # noqa: E402
+from xdprx import bulk, cring as CR
 from xdprx.groups import group_table, parse_groups  # noqa: E402
 from xdprx.hub import Hub  # noqa: E402
 from xdprx.jit import kernel  # noqa: E402

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from touch_rx import touch64
-from xdprx import libc
+from xdprx.kernel import libc
 
 SUB, NB = 16, 16 * 40
 

@@ -61,7 +61,7 @@ import queues  # noqa: E402
 from bench import OUT, _cpu_model, build, measure, run_paced  # noqa: E402
 from fanout import run_one  # noqa: E402
 
-from xdprx import bpfprog  # noqa: E402
+from xdprx.kernel import bpfprog
 from xdprx.testing import XDPRX, VethPair  # noqa: E402
 
 PACED = 200_000     # pps offered to the poll-mode contenders for CPU per packet

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import xdprx
-from xdprx.subscribe import Digest
+from xdprx.service.subscribe import Digest
 from xdprx.testing import DaemonProcess, payloads, send_cmd
 
 G1, G2 = "239.6.6.1:6001", "239.6.6.2:6002"

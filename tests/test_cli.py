@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from xdprx import cli
+from xdprx.service import cli
 from xdprx.testing import control_answers, send_cmd
 
 from helpers import attach_foreign_xdp, xdp_attached
 
 GROUP = "239.1.2.3:5000"
-XDPRX = [sys.executable, "-m", "xdprx.cli"]
+XDPRX = [sys.executable, "-m", "xdprx.service.cli"]
 
 
 def start_daemon(pair, tmp_path, *extra):

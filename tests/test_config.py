@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from xdprx import cli, config
+from xdprx.service import cli, config
 from xdprx.errors import ConfigError
 from xdprx.testing import DaemonProcess, payloads, send_cmd
 
@@ -134,7 +134,7 @@ control = "{tmp_path}/not-this.sock"      # overridden by --control
         r = json.loads(out)[0]["groups"][g1]
         assert r["received"] == n and r["gaps"] == 0, (r, err)
         assert r["sha256"] == hashlib.sha256(b"".join(payloads(5, n))).hexdigest()
-        st = json.loads(subprocess.run([sys.executable, "-m", "xdprx.cli", "stats", "--control",
+        st = json.loads(subprocess.run([sys.executable, "-m", "xdprx.service.cli", "stats", "--control",
                                         ctl, "--json"], capture_output=True, text=True,
                                        timeout=30).stdout)
         assert st["mode"] == "skb"

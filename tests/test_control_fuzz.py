@@ -1,13 +1,13 @@
 """Fuzzing the control socket of a real daemon (issue 16, part 5).
 
-One `xdprx run` on a veth pair for the whole module (xdprx.ctlfuzz.Harness),
+One `xdprx run` on a veth pair for the whole module (xdprx.testing.ctlfuzz.Harness),
 with a Subscriber in another process receiving a bounded multicast stream
 all along; the last test checks that it got every packet, bytes and order,
 and that the daemon has exactly the descriptors and threads it started with.
 Every request, however broken, gets one {"ok": false, "error": ...} reply
 naming what was wrong (never a Python exception text), then the connection
 closes. XRX_FUZZ_EXAMPLES raises the examples per property (default 40); the
-full-size run is `python -m xdprx.ctlfuzz --requests 100000 --json`.
+full-size run is `python -m xdprx.testing.ctlfuzz --requests 100000 --json`.
 """
 import json
 import os
@@ -20,8 +20,8 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from xdprx import ctlfuzz as F
-from xdprx.control import (FIELDS, MAX_REQUEST, NAME_MAX, REQUEST_TIMEOUT, BadRequest,
+from xdprx.testing import ctlfuzz as F
+from xdprx.service.control import (FIELDS, MAX_REQUEST, NAME_MAX, REQUEST_TIMEOUT, BadRequest,
                            parse_request, printable, request)
 
 EXAMPLES = int(os.environ.get("XRX_FUZZ_EXAMPLES", "40"))
@@ -269,7 +269,7 @@ def test_client_text_cannot_forge_a_log_line(h):
     try:
         assert reply["ok"] and nfds >= 4
         # `xdprx stats` prints the name on the consumer's one line, escaped
-        r = subprocess.run([sys.executable, "-m", "xdprx.cli", "stats", "--control", h.ctl],
+        r = subprocess.run([sys.executable, "-m", "xdprx.service.cli", "stats", "--control", h.ctl],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         mine = [ln for ln in r.stdout.splitlines() if "evil" in ln]

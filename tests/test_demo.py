@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-DEMO = [sys.executable, "-m", "xdprx.cli", "demo"]
+DEMO = [sys.executable, "-m", "xdprx.service.cli", "demo"]
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_bench_without_a_source_tree_says_how(tmp_path):
     shutil.copytree(os.path.dirname(xdprx.__file__), tmp_path / "xdprx",
                     ignore=shutil.ignore_patterns("__pycache__"))
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    r = subprocess.run([sys.executable, "-m", "xdprx.cli", "bench", "--quick"], env=env,
+    r = subprocess.run([sys.executable, "-m", "xdprx.service.cli", "bench", "--quick"], env=env,
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r
     assert r.stdout == ""

@@ -3,12 +3,12 @@ import json
 import os
 import sys
 
-from xdprx import doctor
+from xdprx.service import doctor
 from xdprx.testing import VethPair, DaemonProcess, send_cmd
 
 from helpers import attach_foreign_xdp, xdp_attached
 
-XDPRX = [sys.executable, "-m", "xdprx.cli"]
+XDPRX = [sys.executable, "-m", "xdprx.service.cli"]
 GROUP = "239.1.2.3:5000"
 SYSTEM = {"kernel", "AF_XDP", "BPF JIT", "bpffs", "privileges", "memlock", "libbpf", "libxdp",
           "hugepages"}

@@ -6,7 +6,7 @@ import pytest
 
 import xdprx
 from xdprx import bulk
-from xdprx.subscribe import Digest
+from xdprx.service.subscribe import Digest
 from xdprx.testing import payloads, send_cmd
 
 GROUPS = ["239.1.2.3:5000", "239.1.2.4:5001", "239.1.2.5:5002"]
@@ -123,7 +123,8 @@ def test_stalled_consumer_loses_only_its_own_packets(pair):
         assert d.summary()[GROUPS[0]]["received"] == n and reader.stats()["gaps"] == 0
         st = staller.stats()
         assert st["delivered"] == 256 and st["dropped"] == n - 256   # quota, counted for it alone
-        assert reader.stats()["dropped"] == 0
+        assert st["drop_end"] == n              # the last packet sent (seq n - 1) was dropped for it
+        assert reader.stats()["dropped"] == 0 and reader.stats()["drop_end"] == 0
         # the staller wakes up: it reads what it holds, then sees the gap
         got = 0
         while got < 256:

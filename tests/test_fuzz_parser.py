@@ -1,4 +1,4 @@
-"""Parser fuzzing (xdprx.fuzz): the real XDP program through BPF_PROG_RUN and
+"""Parser fuzzing (xdprx.testing.fuzz): the real XDP program through BPF_PROG_RUN and
 the receive loop's parser against an independent scapy reference.
 
 The hand-written frames below are built with scapy (not with the fuzzer's
@@ -20,8 +20,8 @@ from scapy.packet import Raw
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="BPF_PROG_RUN needs root")
 
-from xdprx import fuzz  # noqa: E402
-from xdprx.fuzz import EXT_LIMIT, FRAGMENT, MALFORMED, NA, PASS, REDIRECT  # noqa: E402
+from xdprx.testing import fuzz
+from xdprx.testing.fuzz import EXT_LIMIT, FRAGMENT, MALFORMED, NA, PASS, REDIRECT  # noqa: E402
 
 CI_FRAMES = int(os.environ.get("XDPRX_FUZZ_FRAMES", "50000"))
 SEED = int(os.environ.get("XDPRX_FUZZ_SEED", "16"))
@@ -286,7 +286,7 @@ MUTANTS = {
 
 @pytest.mark.parametrize("name", list(MUTANTS))
 def test_catches_a_broken_program(name, tmp_path, monkeypatch):
-    from xdprx import bpfprog
+    from xdprx.kernel import bpfprog
     old, new = MUTANTS[name]
     src = bpfprog.SOURCE.read_text()
     assert old in src
@@ -325,7 +325,7 @@ def test_test_run_opts_layout(tmp_path):
 
 
 def test_cli_json_summary():
-    r = subprocess.run([fuzz.sys.executable, "-m", "xdprx.cli", "stress", "fuzz", "--frames", "300",
+    r = subprocess.run([fuzz.sys.executable, "-m", "xdprx.service.cli", "stress", "fuzz", "--frames", "300",
                         "--seed", "5", "--workers", "1", "--json"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr

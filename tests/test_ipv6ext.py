@@ -10,7 +10,7 @@ import time
 
 import xdprx
 from xdprx import testing as T
-from xdprx.bpfprog import COUNTER_NAMES, SOURCE
+from xdprx.kernel.bpfprog import COUNTER_NAMES, SOURCE
 from xdprx.packet import MAX_EXT_HDRS
 
 from helpers import drain

@@ -16,7 +16,7 @@ import pytest
 import xdprx
 from xdprx import loop
 from xdprx.consumer import prepare
-from xdprx.control import request
+from xdprx.service.control import request
 from xdprx.errors import ConfigError
 from xdprx.testing import DaemonProcess, send, send_cmd
 from xdprx.umem import FREE

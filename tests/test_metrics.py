@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import xdprx
-from xdprx import cli, metrics
-from xdprx.control import request
+from xdprx.service import cli, metrics
+from xdprx.service.control import request
 from xdprx.errors import ConfigError
 from xdprx.testing import XDPRX, DaemonProcess, send_cmd
 

@@ -1,11 +1,11 @@
-"""xdprx.notify.Notifier against a fake NOTIFY_SOCKET (a bound AF_UNIX datagram socket)."""
+"""xdprx.service.notify.Notifier against a fake NOTIFY_SOCKET (a bound AF_UNIX datagram socket)."""
 import os
 import secrets
 import socket
 
 import pytest
 
-from xdprx.notify import Notifier
+from xdprx.service.notify import Notifier
 
 
 @pytest.fixture

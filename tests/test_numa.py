@@ -22,7 +22,7 @@ from xdprx.errors import ConfigError
 from xdprx.testing import DaemonProcess, fake_sysfs, payloads, send_cmd
 
 BIG, SMALL = "239.1.2.3:5000", "239.1.2.4:5001"
-XDPRX = [sys.executable, "-m", "xdprx.cli"]
+XDPRX = [sys.executable, "-m", "xdprx.service.cli"]
 PAGE = 4096
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import xdprx
-from xdprx import queues as Q
-from xdprx.control import request
+from xdprx.kernel import queues as Q
+from xdprx.service.control import request
 from xdprx.errors import ConfigError
 from xdprx.testing import DaemonProcess, VethPair, send_cmd
 from xdprx.umem import FREE

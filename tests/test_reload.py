@@ -7,8 +7,8 @@ import time
 import pytest
 
 from xdprx.consumer import Subscriber
-from xdprx.control import request
-from xdprx.subscribe import Digest
+from xdprx.service.control import request
+from xdprx.service.subscribe import Digest
 from xdprx.testing import DaemonProcess, payloads, send_cmd
 
 A, B = "239.5.0.1:5001", "239.5.0.2:5002"

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xdprx import restart
+from xdprx.testing import restart
 from xdprx.consumer import Subscriber, run_many
-from xdprx.control import request
+from xdprx.service.control import request
 from xdprx.testing import DaemonProcess, send_cmd
 
 from handlers import new_state, record

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from xdprx import storm
-from xdprx.control import request
+from xdprx.testing import storm
+from xdprx.service.control import request
 
 from conftest import needs_root
 

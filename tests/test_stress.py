@@ -1,5 +1,5 @@
 """Memory ordering under load: two processes on two CPUs exchange millions of
-ring entries through xdprx's own ring code (xdprx/stress.py) and check that
+ring entries through xdprx's own ring code (xdprx/testing/stress.py) and check that
 nothing is lost, duplicated, reordered or read before it was written."""
 import json
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 
 def stress(ring: str, count: int, batch: int, *extra: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "xdprx.stress", ring, "--count", str(count),
+    out = subprocess.run([sys.executable, "-m", "xdprx.testing.stress", ring, "--count", str(count),
                           "--batch", str(batch), "--timeout", "120", *extra],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import xdprx
-from xdprx import pcap
-from xdprx.control import request
+from xdprx.service import pcap
+from xdprx.service.control import request
 from xdprx.testing import XDPRX, DaemonProcess, payloads, send_cmd
 
 from test_fanout import GROUPS, groups_of

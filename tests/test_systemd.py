@@ -54,7 +54,7 @@ def test_the_units_capabilities_are_enough(pair, tmp_path):
     import time
     from xdprx.testing import control_answers, send_cmd
     caps = ",".join("+" + c[4:].lower() for c in sorted(CAPS))
-    limited = ["setpriv", f"--bounding-set=-all,{caps}", "--", sys.executable, "-m", "xdprx.cli"]
+    limited = ["setpriv", f"--bounding-set=-all,{caps}", "--", sys.executable, "-m", "xdprx.service.cli"]
     ctl, g = str(tmp_path / "x.sock"), "239.1.2.3:5000"
     r = pair.run("rx", limited + ["doctor", pair.rx_if, "--json"])
     checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
@@ -71,7 +71,7 @@ def test_the_units_capabilities_are_enough(pair, tmp_path):
         assert pair.run("tx", send_cmd(g, 500, rate=10000)).returncode == 0
         deadline = time.monotonic() + 10
         while True:
-            st = json.loads(subprocess.run([sys.executable, "-m", "xdprx.cli", "stats", "--control",
+            st = json.loads(subprocess.run([sys.executable, "-m", "xdprx.service.cli", "stats", "--control",
                                             ctl, "--json"], capture_output=True, text=True).stdout)
             if st["receiver"]["packets"] == 500 or time.monotonic() > deadline:
                 break

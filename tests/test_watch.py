@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from xdprx import cli, watch
+from xdprx.service import cli, watch
 from xdprx.testing import XDPRX, DaemonProcess, send_cmd
 
 G = "239.4.4.1:4401"
@@ -162,7 +162,7 @@ def test_watch_on_a_terminal_draws_a_table(pair, tmp_path):
 
 
 def test_rates_per_queue_and_the_daemon_line():
-    from xdprx.daemon import format_line
+    from xdprx.service.daemon import format_line
 
     def st(q0, q1):
         per = [{"queue": q, "receiver": {"packets": n}, "drops": q, "frames": {"held": q}}

@@ -29,9 +29,10 @@ from typing import AsyncIterator, Callable, Iterable, Iterator
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from . import context, cring as CR, libc, loop
+from . import context, cring as CR, loop
+from .kernel import libc
 from .batch import Batch
-from .control import connect, refused
+from .service.control import connect, refused
 from .errors import ConfigError, XdprxError
 from .groups import Group
 from .jit import cache_lock
@@ -317,11 +318,16 @@ class Reader:
 
     def stats(self) -> dict[str, int]:
         """What this consumer saw: received, gaps (missed packets), bytes, plus
-        the receive loop's view: delivered, dropped (for this consumer)."""
+        the receive loop's view: delivered, dropped (for this consumer), and
+        drop_end: 1 + the sequence number of the last packet dropped for it
+        (0: none; with several queues, per queue in `drop_ends`). A drop shows
+        as a gap only once a later packet is read; drop_end counts the ones
+        after the last packet read too."""
         st = {n: int(self.counts[i]) for i, n in enumerate(COUNT_NAMES)}
         st["handler_calls"] = int(self.counts[5])
         st["delivered"] = sum(int(v.counters[0]) for v in self._views)
         st["dropped"] = sum(int(v.counters[1]) for v in self._views)
+        _drop_ends(st, self._views)
         return st
 
     def __enter__(self):
@@ -329,6 +335,13 @@ class Reader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop_ends(st: dict, views) -> None:
+    ends = [int(v.counters[2]) for v in views]
+    st["drop_end"] = ends[0] if len(ends) == 1 else 0
+    if len(ends) > 1:
+        st["drop_ends"] = ends
 
 
 def run_many(readers: list[Reader], handler, states: np.ndarray | None = None,
@@ -771,6 +784,7 @@ class Subscriber(Reader):
         views = self._views if self._sock is not None else []
         st["delivered"] = self._past["delivered"] + sum(int(v.counters[0]) for v in views)
         st["dropped"] = self._past["dropped"] + sum(int(v.counters[1]) for v in views)
+        _drop_ends(st, views)           # the current daemon's (its sequence numbers)
         st["reconnects"] = self.reconnects
         st["epoch"] = self.epoch
         st["attached"] = int(self._sock is not None)

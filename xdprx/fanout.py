@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import native
+from .kernel import native
 from .errors import ConfigError
 
 DESC_MAGIC = 0x7852

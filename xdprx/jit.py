@@ -38,8 +38,8 @@ def fingerprint() -> str:
     helper (say ring.py) would leave stale machine code in every kernel that
     inlines it: one cache directory per fingerprint makes that impossible."""
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for f in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(f.relative_to(Path(__file__).parent).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 

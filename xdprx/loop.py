@@ -53,7 +53,7 @@ from . import context as X
 from .atomics import load_acquire, load_relaxed, store_relaxed
 from .context import a1, a2, pool_of
 from .jit import inline, kernel
-from .libc import epoll_data, epoll_wait_ns, efd_write, getcpu, kick_rx, now_ns
+from .kernel.libc import epoll_data, epoll_wait_ns, efd_write, getcpu, kick_rx, now_ns
 from .ring import U32, cons_release, needs_wakeup
 
 # ---- control words of a loop (ctl) ---------------------------------------------
@@ -600,7 +600,7 @@ def warm_consumer() -> None:
 
 def _empty_consumer() -> tuple[dict, np.ndarray]:
     """A consumer context over an empty ring in private arrays (warm-up)."""
-    from .libc import table
+    from .kernel.libc import table
     arrays = {
         "prod": np.zeros(1, np.uint32), "slots": np.zeros(64, np.uint64),
         "local": np.zeros(2, np.int64), "umem": np.zeros(4096, np.uint8),

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import native
+from .kernel import native
 from .errors import ConfigError, XdprxError
 
 log = logging.getLogger("xdprx")

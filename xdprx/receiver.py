@@ -34,20 +34,21 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from . import bulk, context, fanout, libc, loop, native
+from . import bulk, context, fanout, loop
+from .kernel import libc, native
 from .batch import Batch
-from .bpfprog import XdpProgram
+from .kernel.bpfprog import XdpProgram
 from .consumer import Consumer
 from .errors import ConfigError, XdprxError, check_privileges
 from .feedback import Feedback
 from .groups import Group, group_table, parse_groups
 from .hub import Hub
-from .membership import Membership
+from .kernel.membership import Membership
 from . import numa as numa_mod
-from . import queues as queues_mod
+from .kernel import queues as queues_mod
 from . import umem as umem_mod
 from .umem import Umem
-from .xsk import XskSocket
+from .kernel.xsk import XskSocket
 
 log = logging.getLogger("xdprx")
 MAX_GROUP_SLOTS = 4096      # the XDP program's subscriptions map (bpf/redirect.c)

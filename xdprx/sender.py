@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import native
+from .kernel import native
 from .errors import ConfigError, XdprxError, check_privileges
 from .groups import Group
 from .pace import Pacer
@@ -156,7 +156,7 @@ class Sender:
         self.ifindex = native.require_ifindex(ifname)
         if not 1 <= batch <= tx_size:
             raise ConfigError(f"batch {batch} out of range", remedy=f"use 1..{tx_size}")
-        from .xsk import XskSocket
+        from .kernel.xsk import XskSocket
         self.batch = batch
         self.sport = sport
         self.mac = _mac(ifname)

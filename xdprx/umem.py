@@ -65,7 +65,8 @@ import os
 
 import numpy as np
 
-from . import native, numa
+from .kernel import native
+from . import numa
 from .errors import ConfigError, from_errno
 from .jit import inline
 from .ring import Ring

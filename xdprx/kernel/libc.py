@@ -21,7 +21,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from . import native
-from .jit import inline
+from ..jit import inline
 
 # slots of table(): one C function each
 (FN_CLOCK, FN_WRITE, FN_RECVFROM, FN_GETCPU, FN_EPOLL_PWAIT2) = range(5)

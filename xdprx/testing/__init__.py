@@ -29,9 +29,9 @@ from typing import Iterator
 
 import numpy as np
 
-from . import native
-from .errors import from_errno
-from .pace import Pacer
+from ..kernel import native
+from ..errors import from_errno
+from ..pace import Pacer
 
 IFA_F_NODAD = 0x02
 CLONE_NEWNET = 0x40000000
@@ -171,7 +171,7 @@ def send_xdp(group: str, count: int, seed: int, lo: int, hi: int, rate: int, ifn
     """The same payloads through xdprx.Sender (AF_XDP TX) on TX queue @queue
     (veth: it arrives on the peer's RX queue of that number, in native mode).
     Returns packets sent."""
-    from .sender import Sender
+    from ..sender import Sender
     with Sender(ifname, queue=queue, sport=40000 + queue) as tx:
         return tx.send(group, payloads(seed, count, lo, hi), rate=rate or None, timeout=timeout)
 
@@ -290,7 +290,7 @@ def _csum(b: bytes) -> int:
 
 
 # ---- the daemon and its consumers, as processes ---------------------------------
-XDPRX = [sys.executable, "-m", "xdprx.cli"]
+XDPRX = [sys.executable, "-m", "xdprx.service.cli"]
 
 
 def fake_sysfs(root: str, nodes: dict[int, str], interfaces: dict[str, int] | None = None,
@@ -369,8 +369,8 @@ def consume(control: str, groups: list[str], consumers: int, count: int, timeout
     """@consumers Subscribers of @groups in this process, read round-robin until
     each has @count packets or @timeout; prints "ready" once all subscribed.
     With @stall they subscribe and never read (holding what they get)."""
-    from .consumer import Subscriber
-    from .subscribe import Digest
+    from ..consumer import Subscriber
+    from ..service.subscribe import Digest
     subs = [Subscriber(control, groups, name=f"consume-{os.getpid()}-{i}", spin=0)
             for i in range(consumers)]
     digests = [Digest() for _ in subs]

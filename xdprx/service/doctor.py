@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, ConfigError, \
+from ..errors import CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, ConfigError, \
     effective_caps
 
 CAP_IPC_LOCK = 14
@@ -324,7 +324,7 @@ def check_interface(ifname: str, groups: list[str]) -> list[Check]:
     out.append(Check("IGMP/MLD", INFO, f"{igmpv or 'IGMP'} on {ifname}; joined: "
                      f"{', '.join(mine) or 'no routable groups'}"))
     for spec in groups:
-        from .groups import Group
+        from ..groups import Group
         g = Group.parse(spec)
         ok = str(g.addr) in joined
         out.append(Check(f"group {g}", OK if ok else WARN, "joined" if ok else f"not joined on {ifname}",
@@ -352,7 +352,7 @@ def run_checks(ifname: str | None = None, groups: list[str] | None = None) -> li
             raise ConfigError(f"unknown interface {ifname!r} in this network namespace", E.ENODEV,
                               "check the name with `ip link` (or enter its namespace first)") from None
     for g in groups or []:
-        from .groups import Group
+        from ..groups import Group
         Group.parse(g)
     checks = check_kernel() + [check_bpffs()] + check_privileges() + check_libraries() + \
         [check_hugepages()]

@@ -1,11 +1,11 @@
 """Two-process ring stress: millions of entries between two CPUs, checked.
 
-    python -m xdprx.stress xsk   --count 4000000 [--batch 32]
-    python -m xdprx.stress cring --count 2000000 [--batch 32]
-    python -m xdprx.stress fuzz  --frames 1000000 [--seed S]   (xdprx.fuzz)
-    python -m xdprx.stress restart --kills 100 [--json]         (xdprx.restart)
-    python -m xdprx.stress kill  --kills 10000 --json          (xdprx.storm)
-    python -m xdprx.stress soak  --seconds 600 --json          (xdprx.storm)
+    python -m xdprx.testing.stress xsk   --count 4000000 [--batch 32]
+    python -m xdprx.testing.stress cring --count 2000000 [--batch 32]
+    python -m xdprx.testing.stress fuzz  --frames 1000000 [--seed S]   (xdprx.testing.fuzz)
+    python -m xdprx.testing.stress restart --kills 100 [--json]         (xdprx.testing.restart)
+    python -m xdprx.testing.stress kill  --kills 10000 --json          (xdprx.testing.storm)
+    python -m xdprx.testing.stress soak  --seconds 600 --json          (xdprx.testing.storm)
 
 This process produces on CPU 0; a child it spawns consumes on CPU 1, over
 shared memfds. Both sides run xdprx's own ring code, spinning, so every
@@ -38,12 +38,12 @@ import time
 
 import numpy as np
 
-from . import bulk
-from . import cring as CR
-from . import fanout as F
-from .jit import kernel, raw
-from .ring import U32, cons_peek, cons_release, prod_free, prod_submit
-from .umem import P_HELD, X_SHIFT, FramePool, active_meta, fill_get, hold
+from .. import bulk
+from .. import cring as CR
+from .. import fanout as F
+from ..jit import kernel, raw
+from ..ring import U32, cons_peek, cons_release, prod_free, prod_submit
+from ..umem import P_HELD, X_SHIFT, FramePool, active_meta, fill_get, hold
 
 WORDS = 8            # u64 words of payload per entry
 SEQ_SHIFT = 24       # xsk slot = seq << 24 | frame
@@ -214,7 +214,7 @@ def _memfd(size: int) -> tuple[int, mmap.mmap]:
 
 
 def _spawn(args: list[str], fds: list[int]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "xdprx.stress", *args], pass_fds=fds,
+    return subprocess.Popen([sys.executable, "-m", "xdprx.testing.stress", *args], pass_fds=fds,
                             stdout=subprocess.PIPE, text=True)
 
 
@@ -263,7 +263,7 @@ def xsk_consumer(fd: int, count: int, batch: int, size: int, timeout: float) -> 
 
 
 def run_cring(count: int, batch: int, size: int, timeout: float) -> dict:
-    from .hub import Hub
+    from ..hub import Hub
     frames = size * 2
     fd, buf = _memfd(frames * 2048)
     umem = np.frombuffer(buf, np.uint8)
@@ -315,13 +315,13 @@ def cring_consumer(fd: int, ring_fd: int, ctl_fd: int, count: int, batch: int, f
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "restart":  # daemon kill/restart rounds: python -m xdprx.restart
+    if argv and argv[0] == "restart":  # daemon kill/restart rounds: python -m xdprx.testing.restart
         from .restart import main as restart_main
         return restart_main(argv[1:])
-    if argv and argv[0] == "fuzz":  # parser fuzzing: python -m xdprx.fuzz
+    if argv and argv[0] == "fuzz":  # parser fuzzing: python -m xdprx.testing.fuzz
         from .fuzz import main as fuzz_main
         return fuzz_main(argv[1:])
-    if argv and argv[0] in ("kill", "soak"):  # kill storms, soak: python -m xdprx.storm
+    if argv and argv[0] in ("kill", "soak"):  # kill storms, soak: python -m xdprx.testing.storm
         from .storm import main as storm_main
         return storm_main(argv)
     if argv and argv[0] == "xsk-consumer":
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(cring_consumer(fd, ring_fd, ctl_fd, count, batch, frames,
                                         float(argv[7]))))
         return 0
-    ap = argparse.ArgumentParser(prog="python -m xdprx.stress", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m xdprx.testing.stress", description=__doc__.splitlines()[0])
     ap.add_argument("ring", choices=("xsk", "cring"))
     ap.add_argument("--count", type=int, default=4_000_000)
     ap.add_argument("--batch", type=int, default=32)

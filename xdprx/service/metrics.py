@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_ADDR = "0.0.0.0"
 P = "xdprx_"

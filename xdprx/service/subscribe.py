@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from .consumer import Subscriber
+from ..consumer import Subscriber
 from .pcap import PcapWriter
 
 

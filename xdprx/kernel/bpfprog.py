@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from . import native
-from .errors import ConfigError, XdprxError, from_errno
-from .jit import cache_dir
+from ..errors import ConfigError, XdprxError, from_errno
+from ..jit import cache_dir
 
-SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "redirect.c"
+SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "redirect.c"
 PROG_NAME = b"xdprx_redirect"
 COUNTER_NAMES = ("seen", "redirected", "passed", "malformed", "fragment", "no_socket",
                  "ext_limit")

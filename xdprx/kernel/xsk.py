@@ -19,9 +19,9 @@ import os
 import time
 
 from . import native
-from .errors import ConfigError, from_errno
-from .ring import Ring
-from .umem import Umem
+from ..errors import ConfigError, from_errno
+from ..ring import Ring
+from ..umem import Umem
 
 
 BUSY_WAIT = 2.0  # seconds to wait for a just-closed socket's queue

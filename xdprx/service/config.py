@@ -21,7 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # str options that may also be written as TOML integers (a uid, a NUMA node, a port)
 INT_AS_STR = {"allow_uid", "allow_gid", "numa", "metrics", "queues", "cpus"}
@@ -124,7 +124,7 @@ def reread(path: str, argv: list[str], start: argparse.Namespace,
     """The file at @path again, under the same command line (@argv, parsed by
     @parse with a fresh parser): the groups to receive and what else changed
     against @start. ConfigError (one line naming the key) if the file is bad."""
-    from .groups import parse_groups
+    from ..groups import parse_groups
     try:
         new = parse(argv)
     except SystemExit:   # argparse already printed why; should not happen (same argv)

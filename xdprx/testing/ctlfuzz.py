@@ -2,7 +2,7 @@
 flowing to a subscriber all along. tests/test_control_fuzz.py uses the
 pieces; the full-size run is a command:
 
-    python -m xdprx.ctlfuzz --requests 100000 --json
+    python -m xdprx.testing.ctlfuzz --requests 100000 --json
 
 A veth pair between two xrx-* namespaces, `xdprx run` on its rx end (its log
 to a file), a Subscriber in another process receiving a bounded multicast
@@ -37,8 +37,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .control import FIELDS, MAX_REQUEST, REQUEST_TIMEOUT, connect, request
-from .testing import XDPRX, VethPair, control_answers, payloads, send_cmd
+from ..service.control import FIELDS, MAX_REQUEST, REQUEST_TIMEOUT, connect, request
+from . import XDPRX, VethPair, control_answers, payloads, send_cmd
 
 GROUP = "239.7.7.7:7000"
 # text that means a Python exception leaked into a reply
@@ -485,7 +485,7 @@ class Harness:
                     raise RuntimeError(f"daemon did not start: {self.log()[-2000:]}")
                 time.sleep(0.05)
             self.consumer = subprocess.Popen(
-                [sys.executable, "-m", "xdprx.ctlfuzz", "consume", "--control", self.ctl],
+                [sys.executable, "-m", "xdprx.testing.ctlfuzz", "consume", "--control", self.ctl],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             line = self.consumer.stdout.readline().strip()
             if line != "ready":
@@ -578,8 +578,8 @@ class Harness:
 def consume(control: str, ring: int = 8192) -> int:
     """The subscriber of Harness: prints 'ready', reads until stdin closes,
     then until 1.5 s of quiet; prints its Digest and stats as JSON."""
-    from .consumer import Subscriber
-    from .subscribe import Digest
+    from ..consumer import Subscriber
+    from ..service.subscribe import Digest
     sub = Subscriber(control, [GROUP], ring_size=ring, name="ctlfuzz-stream")
     dig = Digest()
     stop = threading.Event()
@@ -629,7 +629,7 @@ def fd_exhaustion(h: Harness, idle: int = 200) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m xdprx.ctlfuzz", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m xdprx.testing.ctlfuzz", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd")
     c = sub.add_parser("consume")
     c.add_argument("--control", required=True)
@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
         fds0, thr0 = h.fds(), h.threads()
         t0 = time.monotonic()
-        rep: dict = {"command": "python -m xdprx.ctlfuzz " + " ".join(argv or sys.argv[1:]),
+        rep: dict = {"command": "python -m xdprx.testing.ctlfuzz " + " ".join(argv or sys.argv[1:]),
                      "baseline": {"fds": fds0, "threads": thr0}}
         for name, phase in (("fuzz", lambda: fuzz(h.ctl, a.requests, a.seed, a.workers)),
                             ("half_open", lambda: half_open(h.ctl, a.half_open)),

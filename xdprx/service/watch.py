@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable, TextIO
 
-from .errors import ConfigError, XdprxError
+from ..errors import ConfigError, XdprxError
 
 
 def rates(st: dict, prev: dict | None, dt: float) -> dict:

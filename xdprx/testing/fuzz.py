@@ -1,8 +1,8 @@
 """Parser fuzzing: the XDP program and the receive loop's parser against an
 independent reference, frame by frame.
 
-    python -m xdprx.fuzz --frames 1000000 [--seed S] [--workers N] [--json]
-    python -m xdprx.fuzz --seed S --index I       # replay one frame, verbose
+    python -m xdprx.testing.fuzz --frames 1000000 [--seed S] [--workers N] [--json]
+    python -m xdprx.testing.fuzz --seed S --index I       # replay one frame, verbose
     xdprx stress fuzz ...                         # the same
 
 Every generated frame is decided three times:
@@ -69,8 +69,8 @@ from scapy.layers.l2 import Dot1Q, Ether  # noqa: E402
 
 import numba  # noqa: E402
 
-from .groups import Group, group_table  # noqa: E402
-from .packet import parse_udp  # noqa: E402
+from ..groups import Group, group_table  # noqa: E402
+from ..packet import parse_udp  # noqa: E402
 
 # ---- verdicts --------------------------------------------------------------
 PASS, MALFORMED, FRAGMENT, REDIRECT, EXT_LIMIT = "pass", "malformed", "fragment", "redirect", \
@@ -683,7 +683,7 @@ class BpfTestRunOpts(Structure):
                 ("flags", c_uint32), ("cpu", c_uint32), ("batch_size", c_uint32)]
 
 
-# A handle of its own (same library): xdprx.native's declarations stay untouched.
+# A handle of its own (same library): xdprx.kernel.native's declarations stay untouched.
 _libbpf = ctypes.CDLL("libbpf.so.1", use_errno=True)
 _prog_test_run = _libbpf.bpf_prog_test_run_opts
 _prog_test_run.argtypes = [c_int, POINTER(BpfTestRunOpts)]
@@ -703,7 +703,7 @@ class BpfRunner:
     """redirect.c loaded with @groups subscribed (id = index), run per frame."""
 
     def __init__(self, groups=GROUPS) -> None:
-        from .bpfprog import COUNTER_NAMES, XdpProgram
+        from ..kernel.bpfprog import COUNTER_NAMES, XdpProgram
         self.prog = XdpProgram()
         try:
             self.ncounters = len(COUNTER_NAMES)
@@ -1011,7 +1011,7 @@ def describe(example: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m xdprx.fuzz", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m xdprx.testing.fuzz", description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=None,
                     help="default $XDPRX_FUZZ_SEED, else from the clock")

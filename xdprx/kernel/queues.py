@@ -25,8 +25,8 @@ import socket
 from typing import Iterable
 
 from . import native
-from .errors import ConfigError, from_errno
-from .numa import parse_cpulist
+from ..errors import ConfigError, from_errno
+from ..numa import parse_cpulist
 
 log = logging.getLogger("xdprx")
 

@@ -73,12 +73,12 @@ def check_handler(umem, offsets, lengths, seqs, groups, state):
     return 1 if state[S_RECEIVED] >= state[S_COUNT] else 0
 
 
-# ---- one consumer process (python -m xdprx.demo consumer ...) -----------------------
+# ---- one consumer process (python -m xdprx.service.demo consumer ...) -----------------------
 def consumer(control: str, index: int, count: int, lo: int, hi: int, kind: str,
              timeout: float) -> int:
     """Subscribe, print "ready", then a JSON status line twice a second and a
     final one; stops at @count packets, @timeout seconds, or SIGTERM/SIGINT."""
-    from .consumer import Subscriber
+    from ..consumer import Subscriber
     stop = []
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda *_: stop.append(1))
@@ -159,8 +159,8 @@ def _end(p: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float =
 def demo(seconds: float = 5.0, rate: int = 20000, mode: str = "native", consumers: int = 3,
          lo: int = 16, hi: int = 512) -> int:
     from .control import request
-    from .errors import ConfigError
-    from .testing import VethPair, control_answers, send_cmd
+    from ..errors import ConfigError
+    from ..testing import VethPair, control_answers, send_cmd
     if not 1 <= consumers <= 64:
         raise ConfigError(f"--consumers {consumers} out of range", remedy="use 1..64")
     if not 0 < seconds <= 3600 or not 1 <= rate <= 10_000_000:
@@ -178,7 +178,7 @@ def demo(seconds: float = 5.0, rate: int = 20000, mode: str = "native", consumer
             print(f"demo: namespaces {pair.ns['rx']} / {pair.ns['tx']}, veth "
                   f"{pair.rx_if} <-> {pair.tx_if}; control socket {ctl}", flush=True)
             log = open(os.path.join(tmp, "daemon.log"), "w+")
-            daemon = pair.popen("rx", py + ["xdprx.cli", "run", pair.rx_if, "--group", GROUP,
+            daemon = pair.popen("rx", py + ["xdprx.service.cli", "run", pair.rx_if, "--group", GROUP,
                                             "--control", ctl, "--mode", mode,
                                             "--frames", str(FRAMES),
                                             "--interval", "3600"],
@@ -192,7 +192,7 @@ def demo(seconds: float = 5.0, rate: int = 20000, mode: str = "native", consumer
                 time.sleep(0.05)
             print(f"demo: daemon (xdprx run, pid {daemon.pid}) receiving {GROUP}", flush=True)
             kinds = ["run" if k == 0 else "recv" for k in range(consumers)]
-            procs = [subprocess.Popen(py + ["xdprx.demo", "consumer", "--control", ctl,
+            procs = [subprocess.Popen(py + ["xdprx.service.demo", "consumer", "--control", ctl,
                                             "--index", str(k), "--count", str(count),
                                             "--sizes", f"{lo}:{hi}", "--kind", kinds[k],
                                             "--timeout", str(seconds * 3 + 120)],
@@ -274,7 +274,7 @@ def demo(seconds: float = 5.0, rate: int = 20000, mode: str = "native", consumer
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m xdprx.demo")
+    ap = argparse.ArgumentParser(prog="python -m xdprx.service.demo")
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("consumer", help="one demo consumer (started by xdprx demo)")
     c.add_argument("--control", required=True)

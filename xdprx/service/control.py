@@ -50,7 +50,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import ConfigError, XdprxError, from_errno
+from ..errors import ConfigError, XdprxError, from_errno
 
 DEFAULT_DIR = "/run/xdprx"
 SO_PEERGROUPS = 59

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .errors import ConfigError, XdprxError
+from ..errors import ConfigError, XdprxError
 
 EXIT_USAGE = 2
 
@@ -47,9 +47,9 @@ def _add_rx_options(p: argparse.ArgumentParser) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     from .control import default_path, parse_ids
     from .daemon import Daemon
-    from .groups import parse_groups
-    from .numa import Topology, parse_numa
-    from .receiver import Receiver
+    from ..groups import parse_groups
+    from ..numa import Topology, parse_numa
+    from ..receiver import Receiver
     if not a.iface:
         raise ConfigError("no interface given", remedy="pass IFACE (or iface = \"...\" in --config)")
     parse_groups(a.group)  # report bad input before touching the system
@@ -120,7 +120,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 def cmd_subscribe(a: argparse.Namespace) -> int:
     from .control import default_path
-    from .groups import parse_groups
+    from ..groups import parse_groups
     from .subscribe import subscribe
     path = a.control or (default_path(a.iface) if a.iface else None)
     if not path:
@@ -147,10 +147,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
     """Run benchmarks/suite.py from the source tree this xdprx comes from."""
     import runpy
     from pathlib import Path
-    suite = Path(__file__).resolve().parent.parent / "benchmarks" / "suite.py"
+    suite = Path(__file__).resolve().parents[2] / "benchmarks" / "suite.py"
     if not suite.exists():
         raise ConfigError(f"xdprx bench needs the source tree (benchmarks/suite.py next to "
-                          f"{Path(__file__).resolve().parent}), and this xdprx is installed "
+                          f"{Path(__file__).resolve().parents[1]}), and this xdprx is installed "
                           f"without it",
                           remedy="git clone the xdprx repository, pip install -e . in the clone, "
                                  "and run xdprx bench there")
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkers: ring stress (xsk, cring), parser fuzzing (fuzz), "
                              "kill storms (kill), soak (soak)")
     st.add_argument("args", nargs=argparse.REMAINDER)
-    st.set_defaults(fn=lambda a: __import__("xdprx.stress").stress.main(a.args))
+    st.set_defaults(fn=lambda a: __import__("xdprx.testing.stress").stress.main(a.args))
     d = sub.add_parser("demo", help="the daemon and its subscribers on their own veth pair")
     d.add_argument("--seconds", type=float, default=5.0)
     d.add_argument("--rate", type=int, default=20000, help="packets/s offered")

@@ -1,6 +1,6 @@
 """Kill storms and soak runs against a real daemon (issue 16, parts 2 and 4).
 
-    xdprx stress kill --kills 10000 --json      # python -m xdprx.storm kill ...
+    xdprx stress kill --kills 10000 --json      # python -m xdprx.testing.storm kill ...
     xdprx stress soak --seconds 600 --json
 
 A veth pair between two xrx-* namespaces, `xdprx run` on its rx end (its log
@@ -36,8 +36,8 @@ import subprocess
 import sys
 import time
 
-from .control import request
-from .testing import XDPRX, VethPair, control_answers, send_cmd
+from ..service.control import request
+from . import XDPRX, VethPair, control_answers, send_cmd
 
 GROUP = "239.9.9.9:9000"
 RSS_TOLERANCE = 1 << 20      # bytes: allocator noise; a leak of a frame or a ring each kill is far more
@@ -106,7 +106,7 @@ class Harness:
         if on and self.sender is None and not self.traffic_error:
             self._seed += 1
             self.sender = self.pair.popen(
-                "tx", [sys.executable, "-m", "xdprx.storm", "send", "--count", str(self.batch),
+                "tx", [sys.executable, "-m", "xdprx.testing.storm", "send", "--count", str(self.batch),
                        "--rate", str(self.rate), "--seed", str(self._seed),
                        "--seconds", str(self.max_seconds)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -263,7 +263,7 @@ class ForkServer:
     """Forks consumers from a process that has xdprx loaded and warm."""
 
     def __init__(self, control: str) -> None:
-        from .consumer import warm
+        from ..consumer import warm
         warm()                    # once here; every child inherits the loaded kernels
         self.control = control
         self.children: list[Child] = []
@@ -371,7 +371,7 @@ def leave_exact(sub, control: str, tally: Tally, final: bool = False,
     while len(b := sub.recv(timeout=0)):
         tally.add(b)
     st = sub.stats()
-    drop_end = int(sub._views[0].counters[2])
+    drop_end = st["drop_end"]
     tail = max(drop_end - 1 - tally.last, 0) if tally.first >= 0 else 0
     total = request(control, {"cmd": "stats"})["stats"]["group_packets"][GROUP] if final else None
     sub.close()
@@ -382,7 +382,7 @@ def leave_exact(sub, control: str, tally: Tally, final: bool = False,
 
 def role_hold(control: str, w: int, stop: int, ring: int = 256, wait: float = 10.0) -> None:
     """Kill-storm victim: subscribe, read one batch, hold it; report; wait to die."""
-    from .consumer import Subscriber
+    from ..consumer import Subscriber
     sub = Subscriber(control, [GROUP], ring_size=ring, name="victim", spin=0)
     deadline = time.monotonic() + wait
     b = sub.recv(timeout=0.2)
@@ -397,7 +397,7 @@ def role_read(control: str, w: int, stop: int, ring: int = 4096, life: float = 1
     """Read until @life s pass or the stop pipe closes (then until @quiet s
     without packets), then leave_exact. @stall_after: stop reading after
     that many seconds, holding the last batch, until the end of @life."""
-    from .consumer import Subscriber
+    from ..consumer import Subscriber
     sub = Subscriber(control, [GROUP], ring_size=ring, name="reader", spin=0)
     _say(w, {"id": sub.id})
     tally = Tally()
@@ -428,7 +428,7 @@ def role_read(control: str, w: int, stop: int, ring: int = 4096, life: float = 1
 
 def role_die(control: str, w: int, stop: int, ring: int = 1024) -> None:
     """Read, holding each batch until the next; the parent SIGKILLs us."""
-    from .consumer import Subscriber
+    from ..consumer import Subscriber
     sub = Subscriber(control, [GROUP], ring_size=ring, name="doomed", spin=0)
     _say(w, {"id": sub.id})
     deadline = time.monotonic() + 120
@@ -770,8 +770,8 @@ def send_stream(count: int, rate: int, seconds: float, seed: int = 1) -> int:
     packets or @seconds pass: one Sender, the same chunk of payloads again
     and again (the payloads are not what is checked here; the count is).
     Returns packets sent."""
-    from .sender import Sender
-    from .testing import payloads
+    from ..sender import Sender
+    from . import payloads
     chunk = payloads(seed, 2048, *SIZES)
     sent = 0
     end = time.monotonic() + seconds

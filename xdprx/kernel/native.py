@@ -15,7 +15,7 @@ from ctypes import (POINTER, Structure, c_char_p, c_int, c_long, c_size_t,
                     c_uint, c_uint8, c_uint16, c_uint32, c_uint64, c_ulong,
                     c_void_p)
 
-from .errors import ConfigError, XdprxError
+from ..errors import ConfigError, XdprxError
 
 
 def _load(names: tuple[str, ...], package: str) -> ctypes.CDLL:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from .errors import from_errno
-from .groups import Group
+from ..errors import from_errno
+from ..groups import Group
 
 
 class Membership:

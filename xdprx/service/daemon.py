@@ -20,8 +20,8 @@ from typing import Callable, TextIO
 
 from .control import ControlServer, Peer, Reply, printable
 from .notify import Notifier
-from .cring import reopen_readonly
-from .receiver import Receiver, set_nice
+from ..cring import reopen_readonly
+from ..receiver import Receiver, set_nice
 
 
 def format_line(st: dict, prev: dict | None, dt: float) -> str:
@@ -201,7 +201,7 @@ class Daemon:
     def reload(self) -> None:
         """Read the config file again (SIGHUP): apply its groups, report the
         rest. A bad file changes nothing."""
-        from .errors import XdprxError
+        from ..errors import XdprxError
         if self.reread is None:
             self._log("SIGHUP: no --config file; nothing to reload")
             return
@@ -310,6 +310,6 @@ def _int(req: dict, key: str, default):
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, int):
-        from .errors import ConfigError
+        from ..errors import ConfigError
         raise ConfigError(f"{key} must be an integer, not {type(v).__name__}")
     return v

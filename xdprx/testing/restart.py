@@ -1,6 +1,6 @@
 """Daemon crash and restart, checked: `xdprx run` killed mid-stream, again and again.
 
-    python -m xdprx.restart --kills 100 [--signal KILL|TERM|mixed] [--json]
+    python -m xdprx.testing.restart --kills 100 [--signal KILL|TERM|mixed] [--json]
     xdprx stress restart --kills 100 --json
 
 On one veth pair between two xrx-* namespaces, each round: start `xdprx
@@ -75,7 +75,7 @@ class _Observer(threading.Thread):
 
     def __init__(self, control: str, i: int) -> None:
         super().__init__(daemon=True, name=f"observer-{i}")
-        from .consumer import Subscriber
+        from ..consumer import Subscriber
         self.handler = _count if i % 2 else None
         self.sub = Subscriber(control, GROUP, name=f"observer-{i}", handler=self.handler)
         self.gone_at: float | None = None
@@ -103,7 +103,7 @@ class _Rejoiner(threading.Thread):
 
     def __init__(self, control: str) -> None:
         super().__init__(daemon=True, name="rejoiner")
-        from .consumer import Subscriber
+        from ..consumer import Subscriber
         self.rejoined_at: list[float] = []
         self.per_epoch: dict[int, int] = {}
         self.seq_errors = 0
@@ -137,8 +137,8 @@ def _detached(r: "_Rejoiner | None", timeout: float = 3.0) -> None:
 
 
 def _attached(pair) -> bool:
-    from .bpfprog import attached_program
-    from .native import ifindex
+    from ..kernel.bpfprog import attached_program
+    from ..kernel.native import ifindex
     with pair.inside("rx"):
         return attached_program(ifindex(pair.rx_if)) is not None
 
@@ -147,7 +147,7 @@ def run(kills: int = 100, signal: str = "KILL", observers: int = 2, rate: int = 
         burst: int = 4000, gone_limit: float = 1.0, log=None) -> dict:
     """@kills rounds (see the module doc); @signal KILL, TERM or mixed
     (alternating). Returns the figures and the failures found."""
-    from .testing import XDPRX, VethPair, control_answers, send_cmd
+    from . import XDPRX, VethPair, control_answers, send_cmd
     global _count
     if _count is None:      # the run() observers' handler (compiled once, here)
         import numba
@@ -293,7 +293,7 @@ def run(kills: int = 100, signal: str = "KILL", observers: int = 2, rate: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m xdprx.restart",
+    ap = argparse.ArgumentParser(prog="python -m xdprx.testing.restart",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=100)
     ap.add_argument("--signal", choices=("KILL", "TERM", "mixed"), default="KILL")
