@@ -1,7 +1,7 @@
 """xdprx benchmarks: Receiver against a C AF_XDP loop on libxdp, same veth,
 same generator, same run (placement A of PLATFORM.md).
 
-    sudo .venv/bin/python benchmarks/bench.py [--quick] [--seconds S] [--reps N]
+    .venv/bin/python benchmarks/bench.py [--quick] [--seconds S] [--reps N]
 
 Placement A: the generator (BPF_PROG_RUN live frames, XDP_TX) is pinned to
 CPU 0, and on veth the receive side's NAPI (XDP program + AF_XDP copy) runs on

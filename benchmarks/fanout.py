@@ -2,7 +2,7 @@
 path it replaces (N UDP sockets joined to the group, recvmmsg), same veth,
 same generator, same run; N = 1, 4, 16, 64 (issue 3).
 
-    sudo .venv/bin/python benchmarks/fanout.py [--quick] [--seconds S] [--reps R]
+    .venv/bin/python benchmarks/fanout.py [--quick] [--seconds S] [--reps R]
 
 Placement A (PLATFORM.md): the live-frames generator on CPU 0, where veth also
 runs the receive side's kernel work (XDP, AF_XDP copy, UDP stack and its

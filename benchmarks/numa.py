@@ -1,7 +1,7 @@
 """NUMA benchmark (issue 5): what consumer feedback and the refill policy cost
 on the receive rate, with and without, in the same run.
 
-    sudo .venv/bin/python benchmarks/numa.py [--quick] [--reps N] [--seconds S]
+    .venv/bin/python benchmarks/numa.py [--quick] [--reps N] [--seconds S]
 
 Placement A (bench.py): live-frames generator and the kernel's receive work
 on CPU 0, the receiver alone on CPU 1, reading 64 bytes of every packet.

@@ -3,7 +3,7 @@ policy, on in-memory rings: no kernel, no veth, so none of the VM's
 run-to-run noise (the veth runs of benchmarks/numa.py spread by +-15 %,
 more than the effect measured here).
 
-    sudo .venv/bin/python benchmarks/numa_loop.py [--quick] [--reps N]
+    .venv/bin/python benchmarks/numa_loop.py [--quick] [--reps N]
 
 One thread, pinned to CPU 1, does per batch of 256 what the kernel and the
 receiver do: a Numba "kernel" step moves frames from FILL to RX writing a

@@ -2,7 +2,7 @@
 per-queue cache on the real receive path, and resident memory against frames
 in use.
 
-    sudo .venv/bin/python benchmarks/pool.py [--quick] [--reps N]
+    .venv/bin/python benchmarks/pool.py [--quick] [--reps N]
 
 1. recycle: the two-CPU ring harness (xdprx/testing/stress.py, AF_XDP ring layout):
    frames go out on a FILL-like ring and come back on a COMPLETION-like one,

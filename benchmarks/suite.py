@@ -1,7 +1,7 @@
 """`xdprx bench`: xdprx side by side with what a user would otherwise use,
 same veth pair, same generators, same run; a JSON + Markdown + PNG report.
 
-    sudo .venv/bin/xdprx bench [--quick] [--out DIR] [--reps N] [--seconds S]
+    .venv/bin/xdprx bench [--quick] [--out DIR] [--reps N] [--seconds S]
 
 Every contender sees 102-byte frames to 239.1.2.3:5000 and reads the first
 64 bytes of every packet it gets (every consumer, every packet).

@@ -14,7 +14,8 @@ LOSSFREE = {f"B {who}/{n}" for who in ("kernel", "xdprx", "xdprx-proc") for n in
 def test_bench_quick_writes_a_well_formed_report(pair, tmp_path):
     # `pair` only checks root and nsenter; the suite makes its own veth pair
     out = tmp_path / "report"
-    r = subprocess.run([sys.executable, "-m", "xdprx.service.cli", "bench", "--quick", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "xdprx.service.cli", "bench", "--quick", "--seconds", "1",
+                        "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())

@@ -623,7 +623,7 @@ def soak(workdir: str, seconds: float, rate: int = 20000, consumers: int = 16,
     with Harness(workdir, rate, batch=rate * 3600, frames=frames) as h:
         fs = ForkServer(h.ctl)
         try:
-            fds_before = h.fds()          # no consumer yet
+            fds_before = h.quiet_fds()    # no consumer yet (nor a passing control connection)
             wit = [fs.spawn("read", ring=4096) for _ in range(witnesses)]
             wit_ids = {c.wait_msg(30)["id"] for c in wit}
             h.wait_settled(wit_ids, free=False)
@@ -700,7 +700,7 @@ def soak(workdir: str, seconds: float, rate: int = 20000, consumers: int = 16,
                 c.reap()
             end = h.wait_settled(set())
             h.settle_fds(fds_before)
-            final = {"rss": h.rss(), "fds": h.fds(), "fds_before": fds_before}
+            final = {"rss": h.rss(), "fds": h.quiet_fds(), "fds_before": fds_before}
         finally:
             fs.close()
         log = h.log()

@@ -166,7 +166,8 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
             u64[(base >> 3) + F.Q_SEQ] = seq
             for j in range(WORDS):
                 u64[((base + 256) >> 3) + j] = seq
-            refs, missed = bulk.fan_out(ctab, sub_start, sub_cons, 0, base, hub, active_meta(pool))
+            refs, missed = bulk.fan_out(ctab, sub_start, sub_cons, 0, base, seq, hub,
+                                          active_meta(pool))
             st[1] += missed
             u32[w + F.W_REFCNT] = refs
         if k:
