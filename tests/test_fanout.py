@@ -143,14 +143,16 @@ def test_stalled_consumer_loses_only_its_own_packets(pair):
 
 
 def test_stalled_consumers_never_starve_the_fill_ring(pair):
-    """Two consumers that never read, each allowed nearly the whole pool, on
-    different groups: together they could hold more frames than exist. The
-    fair-share rule stops them first; the reader and the kernel lose nothing."""
+    """Two consumers that never read, each allowed half the pool, on
+    different groups: together they could hold every frame. The fair-share
+    rule stops them first, whichever sender starts first (one staller may
+    take its whole quota before the other's traffic begins: the other then
+    stops at its fair share); the reader and the kernel lose nothing."""
     n = 3000
     rx = receiver(pair, frames=4096)
     with rx:
         reader = rx.subscribe(GROUPS[:2], ring_size=4096, spin=0)
-        stallers = [rx.subscribe([g], ring_size=4096, quota=3072) for g in GROUPS[:2]]
+        stallers = [rx.subscribe([g], ring_size=4096, quota=2048) for g in GROUPS[:2]]
         senders = [pair.popen("tx", send_cmd(g, n, seed=20 + k, rate=6000))
                    for k, g in enumerate(GROUPS[:2])]
         run(rx, [reader], senders, done=lambda: reader.counts[0] >= 2 * n)
@@ -160,8 +162,13 @@ def test_stalled_consumers_never_starve_the_fill_ring(pair):
         for c in stallers:
             cs = c.stats()
             assert cs["dropped"] > 0 and cs["delivered"] + cs["dropped"] == n
+        # the stallers (disjoint groups) stopped at the reserve, within a
+        # batch; the reader's unread backlog is on top, and comes back
+        by_id = {c["id"]: c["held"] for c in rx.stats()["consumers"]}
+        stalled = sum(by_id[c.id] for c in stallers)
         held = rx.umem.pool.census()["held"]
-        assert held <= rx.umem.frames - rx.hub.hub[bulk.H_RESERVE] + rx.batch_size, held
+        assert stalled <= rx.umem.frames - rx.hub.hub[bulk.H_RESERVE] + rx.batch_size, by_id
+        assert held <= stalled + by_id[reader.id], (held, by_id)
         for c in stallers + [reader]:
             c.close()
         rx.pump(timeout=0)
