@@ -143,6 +143,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return demo(seconds=a.seconds, rate=a.rate, mode=a.mode, consumers=a.consumers)
 
 
+def cmd_stress(a: argparse.Namespace) -> int:
+    """The checkers (xdprx.testing.stress dispatches to fuzz, storm, ...)."""
+    from ..testing import stress
+    return stress.main(a.args)
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     """Run benchmarks/suite.py from the source tree this xdprx comes from."""
     import runpy
@@ -232,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkers: ring stress (xsk, cring), parser fuzzing (fuzz), "
                              "kill storms (kill), soak (soak)")
     st.add_argument("args", nargs=argparse.REMAINDER)
-    st.set_defaults(fn=lambda a: __import__("xdprx.testing.stress").stress.main(a.args))
+    st.set_defaults(fn=cmd_stress)
     d = sub.add_parser("demo", help="the daemon and its subscribers on their own veth pair")
     d.add_argument("--seconds", type=float, default=5.0)
     d.add_argument("--rate", type=int, default=20000, help="packets/s offered")
