@@ -9,6 +9,7 @@ batch, touch64 over the batch arrays)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -86,6 +87,9 @@ def main() -> None:
         cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
         st = rx.stats()
     n = st["numa"]
+    if os.environ.get("XDPRX_BENCH_STATS"):      # the receiver's whole stats, for profiling
+        with open(os.environ["XDPRX_BENCH_STATS"], "w") as f:
+            json.dump(st, f, default=str)
     print(json.dumps({"packets": pkts, "seconds": dt, "cpu": cpu, "drops": st["drops"],
                       "check": int(acc & 1), "numa_switches": n.get("switches", 0),
                       "numa_windows": n.get("windows", 0), "refill_node": n.get("refill_node")}))

@@ -268,7 +268,9 @@ def spill(pool, umem, addr, ln, base):
     if sb < 0:
         return sb
     start = addr - base
-    umem[sb + start: sb + start + ln] = umem[addr: addr + ln]
+    dst = sb + start
+    for i in range(ln):          # a loop, not a slice copy: no allocation
+        umem[dst + i] = umem[addr + i]
     frame_put(pool, np.int64(base >> pool[5][X_SHIFT]))
     active_meta(pool)[P_SPILLED] += 1
     return sb

@@ -85,8 +85,11 @@ def tx_burst(tx_prod, tx_cons, tx_slots, tx_local, comp_prod, comp_cons, comp_sl
         a = addrs[i]
         p = first + i
         plen = lens[p]
-        umem[a:a + hlen] = tmpl[:hlen]
-        umem[a + hlen:a + hlen + plen] = data[offs[p]:offs[p] + plen]
+        for b in range(hlen):      # loops, not slice copies: no allocation
+            umem[a + b] = tmpl[b]
+        src, dst = offs[p], a + hlen
+        for b in range(plen):
+            umem[dst + b] = data[src + b]
         ulen = np.int64(UDP + plen)
         if is6:
             put16(umem, a + ETH + 4, ulen)

@@ -148,8 +148,10 @@ def _to_free(np_, f):
     if n == cmax:
         half = cmax >> 1
         t = meta[P_TOP]
-        free[t:t + half] = cache[:half]
-        cache[:cmax - half] = cache[half:cmax]
+        for i in range(half):           # loops, not slice copies: no allocation
+            free[t + i] = cache[i]
+        for i in range(cmax - half):
+            cache[i] = cache[half + i]
         meta[P_TOP] = t + half
         n = cmax - half
     cache[n] = a
