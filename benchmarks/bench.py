@@ -79,13 +79,15 @@ def _receive(pair: VethPair, argv: list[str], seconds: float, gen_argv: list[str
     return json.loads(out.strip().splitlines()[-1]), gen.stdout
 
 
-def run_paced(pair: VethPair, argv: list[str], seconds: float, rate: float) -> dict:
+def run_paced(pair: VethPair, argv: list[str], seconds: float, rate: float,
+              after_ready: Callable[[VethPair], object] | None = None) -> dict:
     """As run_pinned, but offered at a fixed @rate by the paced AF_PACKET
     generator (c/pgen.c) instead of saturated: CPU per packet when the
     receiver has to wake up for its packets."""
     total = seconds + 1.5
     res, out = _receive(pair, argv, seconds, [str(OUT / "pgen"), VethPair.tx_if, str(int(rate)),
-                                              str(int(rate * total)), str(total * 2)])
+                                              str(int(rate * total)), str(total * 2)],
+                          after_ready)
     g = json.loads(out)
     res["offered"] = g["sent"]
     res["offered_pps"] = g["sent"] / g["seconds"]

@@ -28,13 +28,14 @@ sys.path.insert(0, str(HERE.parent))
 from xdprx.testing import VethPair  # noqa: E402
 
 
-def run_one(pair: VethPair, argv: list[str], seconds: float, kernel_path: bool) -> dict:
+def run_one(pair: VethPair, argv: list[str], seconds: float, kernel_path: bool,
+            after_ready=None) -> dict:
     if kernel_path:
         r = pair.run("rx", ["ip", "link", "set", "dev", pair.rx_if, "xdpdrv", "obj",
                             str(OUT / "pass_kern.o"), "sec", "xdp"])
         assert r.returncode == 0, r.stderr
     try:
-        res = run_pinned(pair, argv, seconds)
+        res = run_pinned(pair, argv, seconds, after_ready)
     finally:
         if kernel_path:
             pair.run("rx", ["ip", "link", "set", "dev", pair.rx_if, "xdpdrv", "off"])

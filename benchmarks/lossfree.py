@@ -45,6 +45,19 @@ def napi_threads(ifname: str) -> list[int]:
             if c.strip().startswith(f"napi/{ifname}-")]
 
 
+def placement_a(pair: VethPair) -> None:
+    """NAPI back in softirq context on the sending CPU (threaded off): undoes
+    placement_b, which outlives the contender that asked for it (the flag
+    belongs to the device), so that an A contender after a B one is placed
+    as A says."""
+    r = subprocess.run(["ip", "netns", "exec", pair.ns["rx"], "sh", "-c",
+                        f"echo 0 > /sys/class/net/{pair.rx_if}/threaded; "
+                        f"cat /sys/class/net/{pair.rx_if}/threaded"],
+                       capture_output=True, text=True)
+    if r.stdout.strip() != "0":
+        raise RuntimeError(f"NAPI threaded off on {pair.rx_if}: {r.stderr.strip()}")
+
+
 def placement_b(pair: VethPair) -> list[int]:
     """Threaded NAPI on the rx veth, its kthreads pinned to RX_CPU. Call after
     the contender attached its XDP program (that makes the kthreads)."""

@@ -78,6 +78,7 @@ def xdp_drop(pair: VethPair, seconds: float) -> dict:
                         str(OUT / "drop_kern.o"), "sec", "xdp"])
     assert r.returncode == 0, r.stderr
     try:
+        lossfree.placement_a(pair)
         d0, t0 = drops(), time.monotonic()
         gen = pair.run("tx", ["taskset", "-c", "0", str(OUT / "gen"), str(OUT / "gen_kern.o"),
                               pair.tx_if, str(seconds)], timeout=seconds + 60)
@@ -113,14 +114,15 @@ def saturation(seconds: float, ns: tuple[int, ...]) -> dict:
 
 
 def one(pair: VethPair, name: str, kind: str, argv, seconds: float) -> dict:
-    after = lossfree.placement_b if name.startswith("B ") else None
+    # the threaded flag outlives a B contender: every A contender resets it
+    after = lossfree.placement_b if name.startswith("B ") else lossfree.placement_a
     if kind == "drop":
         return xdp_drop(pair, seconds + 1.5)
     if kind == "pps":
         return measure(pair, argv, seconds, after)
     if kind == "paced":
-        return run_paced(pair, argv, seconds, PACED)
-    r = run_one(pair, argv, seconds, kernel_path=(kind == "kernel"))
+        return run_paced(pair, argv, seconds, PACED, after)
+    r = run_one(pair, argv, seconds, kernel_path=(kind == "kernel"), after_ready=after)
     r["pps"] = r["deliveries_per_s"]
     r["cpu_ns_per_pkt"] = r["cpu_ns_per_delivery"]
     return r
