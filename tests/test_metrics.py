@@ -196,8 +196,10 @@ def test_scrape_matches_stats_json(pair, tmp_path):
         assert value(s, "xdprx_undelivered_total") == r["undelivered"] == n // 2
         assert value(s, "xdprx_eventfd_writes_total") == r["eventfd_writes"]
         assert value(s, "xdprx_consumer_drops_total") == r["consumer_drops"] == 0
+        # the XDP program also sees the namespace's own IGMP/MLD/ND packets,
+        # which pass at any time: between the two stats readings, not equal
         for k in ("redirected", "seen", "passed", "malformed"):
-            assert value(s, f"xdprx_xdp_{k}_total") == st["xdp"][k], k
+            assert st["xdp"][k] <= value(s, f"xdprx_xdp_{k}_total") <= st2["xdp"][k], k
         assert value(s, "xdprx_xdp_redirected_total") == n + n // 2
         for k, v in st["xsk"].items():
             assert value(s, f"xdprx_xsk_{k}_total") == v, k
