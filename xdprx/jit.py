@@ -98,17 +98,6 @@ from numba.extending import intrinsic  # noqa: E402
 
 
 @intrinsic
-def as_voidptr(typingctx, addr):
-    """An integer address as a void pointer."""
-    if not isinstance(addr, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-    return types.voidptr(addr), codegen
-
-
-@intrinsic
 def raw(typingctx, addr, n, dtype):
     """A numpy view of @n items (an int or a shape tuple) of @dtype at
     address @addr, not reference counted. The memory's owner (a Python
@@ -116,7 +105,7 @@ def raw(typingctx, addr, n, dtype):
     intrinsic: kernels compiled without the reference-counting runtime may
     not call a function that returns an array.)"""
     from numba.np.arrayobj import np_cfarray
-    if not isinstance(addr, types.Integer) or not isinstance(dtype, (types.DTypeSpec,)):
+    if not isinstance(addr, types.Integer) or not isinstance(dtype, types.DTypeSpec):
         return None
     if isinstance(n, types.Integer):
         ndim = 1
@@ -131,4 +120,3 @@ def raw(typingctx, addr, n, dtype):
         inner = retty(types.voidptr, sig.args[1])
         return np_cfarray(context, builder, inner, (ptr, args[1]))
     return retty(addr, n, dtype), codegen
-
