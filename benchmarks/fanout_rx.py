@@ -58,6 +58,8 @@ def main() -> None:
                         cpu=cpu_seconds() - c0, xsk_drops=st["drops"],
                         consumer_drops=sum(c["dropped"] for c in st["consumers"]),
                         check=sum(int(s[H_CHECK]) for s in states) & 1,
+                        loop={k: st["receiver"][k] for k in ("packets", "batches", "sleeps", "wakes_shared", "naps",
+                                                 "eventfd_writes")},
                         latency=hist_json(h - last))
                     last = h
         else:

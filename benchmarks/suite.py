@@ -18,7 +18,8 @@ alone on CPU 1. Saturation throughput, median of --reps runs of --seconds
   xdprx_recv      the Python API: Receiver.recv() per batch (spin=0)
   c_poll@200k, xdprx_poll@200k   the poll-mode loops offered a fixed 200 kpps
                   by the paced AF_PACKET generator: CPU per packet when every
-                  few packets need a wake-up
+                  few packets need a wake-up (xdprx_poll_rx0@200k: the same
+                  without receive moderation, a wake-up per packet as C's)
   kernel/N        N UDP sockets joined to the group, recvmmsg (c/udprx.c)
   xdprx/N         Receiver + N in-process consumers (fanout_rx.py)
 
@@ -108,6 +109,9 @@ def saturation(seconds: float, ns: tuple[int, ...]) -> dict:
     # CPU per packet when the loop must wake up for its packets: a fixed rate
     c[f"A c_poll@{PACED // 1000}k"] = ("paced", rxloop + ["poll"])
     c[f"A xdprx_poll@{PACED // 1000}k"] = ("paced", touch[:2] + ["--spin", "0"] + touch[2:])
+    # the same without receive moderation: a wake-up per packet, like the C loop
+    c[f"A xdprx_poll_rx0@{PACED // 1000}k"] = ("paced", touch[:2] + ["--spin", "0",
+                                                                  "--rx-usecs", "0"] + touch[2:])
     # B: NAPI shares the contender's CPU, where spinning collapses (PLATFORM.md)
     c["B xdprx"] = ("pps", touch[:2] + ["--spin", "0"] + touch[2:])
     return c
@@ -172,6 +176,11 @@ def targets(s: dict, b: dict, ns: tuple[int, ...], pf: dict | None = None,
             {"target": f"xdprx CPU per packet within 1.2x of the C loop's, both in poll mode, "
                        f"{PACED // 1000} kpps offered (A)",
              "value": ratio(sat(f"A xdprx_poll@{PACED // 1000}k", "cpu_ns_median"),
+                            sat(f"A c_poll@{PACED // 1000}k", "cpu_ns_median")),
+             "goal": GOALS["single_cpu"], "higher_is_better": False},
+            {"target": "the same without receive moderation (rx_usecs 0: a wake-up per "
+                       "packet, like the C loop; for comparison)",
+             "value": ratio(sat(f"A xdprx_poll_rx0@{PACED // 1000}k", "cpu_ns_median"),
                             sat(f"A c_poll@{PACED // 1000}k", "cpu_ns_median")),
              "goal": GOALS["single_cpu"], "higher_is_better": False},
             {"target": "the same at saturation (for comparison)",

@@ -1,10 +1,11 @@
 """xdprx contender: Receiver.run(handler), the compiled receive loop calling
 an njit handler that reads the first 64 bytes of every packet (as the C loop).
 
-    touch_rx.py [--spin US] [--recv] IFNAME SECONDS MODE [BATCH] [CACHE|-] [NUMA] [SYSFS_ROOT]
+    touch_rx.py [--spin US] [--rx-usecs US] [--recv] IFNAME SECONDS MODE [BATCH] [CACHE|-] [NUMA] [SYSFS_ROOT]
 
 --spin 0 is poll mode: block in ppoll() as soon as the ring is empty; --spin
-US busy-polls that long first. --recv: the Python API instead (recv() per
+US busy-polls that long first. --rx-usecs: receive moderation (default: the
+Receiver's). --recv: the Python API instead (recv() per
 batch, touch64 over the batch arrays)."""
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def main() -> None:
         i = argv.index("--spin")
         spin = int(argv[i + 1])
         argv = argv[:i] + argv[i + 2:]
+    rx_usecs = None                    # the Receiver's default
+    if "--rx-usecs" in argv:
+        i = argv.index("--rx-usecs")
+        rx_usecs = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
     use_recv = "--recv" in argv
     argv = [a for a in argv if a != "--recv"]
     sys.argv = argv
@@ -58,7 +64,8 @@ def main() -> None:
     numa = sys.argv[6] if len(sys.argv) > 6 else "auto"      # auto | off | NODE
     topo = Topology(sys.argv[7]) if len(sys.argv) > 7 else None   # a simulated sysfs
     with xdprx.Receiver(ifname, ["239.1.2.3:5000"], mode=mode, batch_size=batch,
-                        cache=cache, numa=numa, topology=topo, spin=spin) as rx:
+                        cache=cache, numa=numa, topology=topo, spin=spin,
+                        **({} if rx_usecs is None else {"rx_usecs": rx_usecs})) as rx:
         touch64(rx.umem.area, np.zeros(1, np.uint64) + 4096, 0)
         prepare(touch_h)
         print("ready", flush=True)

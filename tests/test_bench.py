@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 EXPECTED = {"A xdp_drop", "A c_spin", "A c_poll", "A xdprx", "A xdprx_poll", "A xdprx_recv",
-            "A kernel/1", "A c_poll@200k", "A xdprx_poll@200k",
+            "A kernel/1", "A c_poll@200k", "A xdprx_poll@200k", "A xdprx_poll_rx0@200k",
             "A kernel/16", "A xdprx/1", "A xdprx/16", "B c_poll", "B xdprx"}
 LOSSFREE = {f"B {who}/{n}" for who in ("kernel", "xdprx", "xdprx-proc") for n in (1, 16)}
 

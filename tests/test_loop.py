@@ -287,3 +287,116 @@ def test_run_many_serves_many_consumers_on_one_thread(pair):
         with pytest.raises(ConfigError, match="rows"):
             xdprx.run_many([rx.subscribe()], record, np.zeros((2, 4), np.int64))
     assert (rx.umem.pool.state == FREE).all()
+
+
+def test_one_eventfd_write_per_sleep_set(pair, tmp_path):
+    """Rings that sleep in one epoll set (run_many) are woken by one eventfd
+    write per wake-up round, not one per ring; rings of different processes
+    are never merged, although two Subscriber processes announce the same
+    group token (each process numbers its sleep sets from 1): each of them
+    is woken for every burst, by its own write."""
+    n, seed, rounds = 160, 41, 10           # send() paces bursts of 16: 10 rounds
+    want = expected_hashes(seed, n, 32, 64)
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP])
+    with rx:
+        rx.start()
+        cons = [rx.subscribe(ring_size=256, wake_usecs=50) for _ in range(8)]
+        states = np.zeros((8, 8 + n), np.int64)
+        t = threading.Thread(target=xdprx.run_many, args=(cons, record, states),
+                             kwargs={"duration": 60})
+        t.start()
+        time.sleep(0.3)                        # asleep in run_many's epoll set
+        with pair.inside("tx"):                # a burst every 80 ms, each a wake-up round
+            assert send(GROUP, n, seed, 32, 64, 200, pair.tx_if, 20) == n
+        deadline = time.monotonic() + 10
+        while (states[:, 0] < n).any() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cons[0].stop()
+        t.join(timeout=10)
+        for i in range(8):
+            check_hashes(states[i], want, n)
+        r = rx.stats()["receiver"]
+        woken = sum(c["wakeups"] for c in rx.stats()["consumers"])
+        assert woken >= 8 * rounds // 2, json.dumps((woken, r))   # most bursts found them asleep
+        assert r["eventfd_writes"] + r["wakes_shared"] == woken, r
+        assert r["eventfd_writes"] * 4 <= woken, r   # ~1 write per round of 8
+        for c in cons:
+            c.close()
+    assert (rx.umem.pool.state == FREE).all()
+
+    # two processes, same token, same daemon: never merged
+    hashfile = str(tmp_path / "hashes.npy")
+    np.save(hashfile, want)
+    ctl = str(tmp_path / "x.sock")
+    with DaemonProcess(pair, ctl, [GROUP]):
+        procs = [subprocess.Popen([sys.executable, RUN_CONSUMER, ctl, GROUP, str(n), hashfile],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        try:
+            for p in procs:
+                line = p.stdout.readline().strip()
+                assert line == "ready", (line, p.stderr.read() if p.poll() is not None else "")
+            time.sleep(0.3)
+            with pair.inside("tx"):
+                assert send(GROUP, n, seed, 32, 64, 200, pair.tx_if, 20) == n
+            time.sleep(0.5)
+            daemon = request(ctl, {"cmd": "stats"})["stats"]
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    for res in results:
+        assert res["packets"] == n and res["mismatches"] == 0 and res["hashed"] == n, res
+    r, cs = daemon["receiver"], daemon["consumers"]
+    assert r["wakes_shared"] == 0, r
+    assert r["eventfd_writes"] == sum(c["wakeups"] for c in cs), (r, cs)
+    assert all(c["wakeups"] >= rounds // 2 for c in cs), cs
+
+
+@pytest.mark.parametrize("rx_usecs", [0, 2000])
+def test_receive_moderation(pair, rx_usecs):
+    """rx_usecs: while packets come less than 2 x rx_usecs apart, the loop
+    takes them in batches rx_usecs apart (a nap on the attention eventfd
+    alone) instead of one wake-up per packet; 0 turns it off. Every payload
+    byte arrives either way, and stop() ends a nap at once."""
+    n, seed = 2000, 51
+    want = expected_hashes(seed, n, 32, 64)
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP], rx_usecs=rx_usecs)
+    with rx:
+        state = new_state(n, stop=n)
+        sender = pair.popen("tx", send_cmd(GROUP, n, seed=seed, lo=32, hi=64, rate=5000))
+        assert rx.run(record, state, duration=60) == "handler"
+        assert sender.wait(timeout=30) == 0
+        check_hashes(state, want, n)
+        r = rx.stats()["receiver"]
+        assert r["packets"] == n, r
+        if rx_usecs == 0:
+            assert r["naps"] == 0, r
+        else:
+            # 0.4 s of traffic in bursts of 16 every 3.2 ms: naps of 2 ms
+            assert r["naps"] >= 40 and r["handler_calls"] <= 400, r
+        # stop() during a long nap: returns at once
+        rx._ctl[loop.K_RX_NS] = 5 * 10**9          # naps of 5 s
+        naps = r["naps"]
+        t = threading.Thread(target=rx.run, args=(record, new_state(16)), kwargs={"duration": 30})
+        t.start()
+        with pair.inside("tx"):                 # two batches 50 ms apart: then a nap
+            send(GROUP, 16, seed, 32, 64, 100000, pair.tx_if, 5)
+            time.sleep(0.05)
+            send(GROUP, 16, seed, 32, 64, 100000, pair.tx_if, 5)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        rx.stop()
+        t.join(timeout=10)
+        assert not t.is_alive() and time.monotonic() - t0 < 1.0
+        assert rx.stats()["receiver"]["naps"] > naps      # it was napping
+    assert (rx.umem.pool.state == FREE).all()
+    with pytest.raises(ConfigError, match="rx_usecs"):
+        with pair.inside("rx"):
+            xdprx.Receiver(pair.rx_if, [GROUP], rx_usecs=-1)

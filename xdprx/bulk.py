@@ -36,20 +36,25 @@ from .umem import (HELD, KERNEL, P_CAP, P_HELD_RING, P_RING, P_SPILLED, X_NODES,
 # stats slots (int64), read by Receiver.stats()
 (S_PACKETS, S_BYTES, S_REJECTED, S_VIOLATIONS, S_FILLED, S_BATCHES, S_WAKEUPS, S_RELEASED,
  S_DELIVERIES, S_CONSUMER_DROPS, S_UNDELIVERED, S_FILL_EMPTY, S_OWN_BYTES,
- S_EFD_WRITES, S_SLEEPS, S_RET_STOP, S_RET_ATTN, S_RET_TICK, S_KICKS, S_HANDLER_CALLS) = range(20)
+ S_EFD_WRITES, S_SLEEPS, S_RET_STOP, S_RET_ATTN, S_RET_TICK, S_KICKS, S_HANDLER_CALLS,
+ S_WAKES_SHARED, S_NAPS) = range(22)
 STAT_NAMES = ("packets", "bytes", "rejected", "violations", "filled", "batches",
               "wakeups", "released", "deliveries", "consumer_drops", "undelivered",
               "fill_empty", "own_bytes",
               # the compiled loop (loop.py): eventfd writes to consumers, sleeps in
               # epoll, returns to Python by reason, need_wakeup kicks, run() handler calls
               "eventfd_writes", "sleeps", "returns_stop", "returns_attention",
-              "returns_tick", "kicks", "handler_calls")
+              "returns_tick", "kicks", "handler_calls",
+              # wake-ups covered by another ring's eventfd write (one sleep set)
+              "wakes_shared",
+              # moderated sleeps of the receive loop (rx_usecs)
+              "naps")
 N_STATS = 24
 
 # consumer table: one int64 row per consumer, private to the receive thread
 (C_ACTIVE, C_RING, C_CTL, C_SIZE, C_QUOTA, C_PROD, C_PUB, C_REAPED, C_DELIVERED,
  C_DROPPED, C_BAD, C_WAKES, C_EFD, C_WAKE_BATCH, C_WAKE_NS, C_PEND_NS, C_WOKEN,
- C_DROP_END) = range(18)
+ C_DROP_END, C_OWNER, C_WGROUP) = range(20)
 # C_EFD: the consumer's eventfd; C_WAKE_BATCH / C_WAKE_NS: wake it when this
 # many entries are queued or this long after the first one (interrupt
 # moderation); C_PEND_NS: when entries first waited for a sleeping consumer (0: none);
@@ -57,7 +62,9 @@ N_STATS = 24
 # C_DROP_END: 1 + the sequence number of the last packet dropped for it (0: none),
 # so that a consumer can count drops after the last packet it read (a gap
 # shows only once a later packet arrives; one that leaves sees none)
-NCOL = 18
+# C_OWNER: the consumer's process as the kernel told us (SO_PEERCRED pid; 0 in
+# this process); C_WGROUP: the sleep set it announced at this flush (loop.py)
+NCOL = 20
 # hub parameters and gauges (int64)
 H_NSLOTS, H_NACTIVE, H_RESERVE, H_NWAKE = range(4)
 N_HUB = 8
@@ -156,7 +163,15 @@ def fan_out(ctab, sub_start, sub_cons, sub, base, seq, hub, meta):
 def waiting_of(ctab, c):
     """Consumer @c's `waiting` word: 0 awake, else the number of its current
     sleep (cring.arm)."""
-    return np.int64(load_relaxed(raw(ctab[c, C_CTL] + CR.CTL_WAITING, 1, np.uint32)))
+    return np.int64(load_acquire(raw(ctab[c, C_CTL] + CR.CTL_WAITING, 1, np.uint32)))
+
+
+@inline
+def group_of(ctab, c):
+    """The sleep set consumer @c announced with its last sleep (cring.arm;
+    0: it sleeps alone). A consumer's hint: it only ever merges wake-ups of
+    rings of the same process (C_OWNER), so a wrong one costs only its own."""
+    return np.int64(load_relaxed(raw(ctab[c, C_CTL] + CR.CTL_GROUP, 1, np.uint32)))
 
 
 @inline

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as E
+import itertools
 import json
 import mmap
 import os
@@ -134,6 +135,7 @@ class Reader:
         # triggered so a wake-up needs no read, and the lifeline, whose EOF
         # says the daemon is gone
         self._ep = select.epoll()
+        group = wake_group()        # this reader's rings sleep together
         for efd in self._efds:
             self._ep.register(efd, select.EPOLLIN | select.EPOLLET)
         if lifeline >= 0:
@@ -153,6 +155,7 @@ class Reader:
             ctl[loop.K_SPIN_NS] = spin * 1000
             pfd = np.full(loop.N_PFD, -1, np.int32)
             pfd[loop.P_EPFD], pfd[loop.P_LIFELINE] = self._ep.fileno(), lifeline
+            pfd[loop.P_GROUP] = group
             rows.append(context.make({
                 "prod": views.prod, "slots": views.slots, "local": local, "umem": area,
                 "next_seq": next_seq, "counts": self.counts,
@@ -344,6 +347,15 @@ def _drop_ends(st: dict, views) -> None:
         st["drop_ends"] = ends
 
 
+_wake_groups = itertools.count()
+
+
+def wake_group() -> int:
+    """A new sleep-set token, unique in this process (until 2**31 sets): the
+    receive loop writes one eventfd for all the rings that announce it."""
+    return next(_wake_groups) % 0x7FFFFFFF + 1
+
+
 def run_many(readers: list[Reader], handler, states: np.ndarray | None = None,
              duration: float | None = None) -> str:
     """Serve many consumers of one receiver (or one daemon) on this thread:
@@ -432,6 +444,7 @@ def _run_many_pass(readers: list[Reader], h, states: np.ndarray, idx: list[int],
                 ep.register(r._lifeline, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
         gpfd = np.full(loop.P_EVENTS + libc.EPOLL_EVENT_WORDS * 2 * len(cctxs), -1, np.int32)
         gpfd[loop.P_EPFD] = ep.fileno()
+        gpfd[loop.P_GROUP] = wake_group()
         return loop.cons_run_many(cctxs, gpfd, area, h, states, rows, slice_ns)
     finally:
         ep.close()

@@ -14,6 +14,9 @@ Each consumer owns two small memfds, split by who may write them:
         0     cons u32        release cursor: every slot before it is let go
         64    waiting u32     0 awake; else the number of the sleep on its eventfd
         68    sleeps u32      the consumer's sleep counter (waiting's next value)
+        72    group u32       the sleep set it sleeps in (0: alone): every ring of
+                              one process announcing the same group sleeps in one
+                              epoll set, so one eventfd write wakes them all
         128   cpu u32, node u32, bytes u64, packets u64   feedback (NUMA policy)
 
 The ring memfd is sealed against new writable mappings (F_SEAL_FUTURE_WRITE)
@@ -35,14 +38,14 @@ import os
 import numpy as np
 
 from . import fanout as F
-from .atomics import fence_seq_cst, load_acquire, store_relaxed
+from .atomics import fence_seq_cst, load_acquire, store_release, store_relaxed
 from .jit import inline, kernel
 from .ring import U32, cons_peek, cons_release
 
 RING_MAGIC = 0x52435258  # 'XRCR'
 RING_VERSION = 1
 OFF_PROD, OFF_COUNTERS, OFF_STATUS, OFF_SLOTS = 64, 128, 192, 4096
-CTL_CONS, CTL_WAITING, CTL_SLEEPS, CTL_FEEDBACK = 0, 64, 68, 128
+CTL_CONS, CTL_WAITING, CTL_SLEEPS, CTL_GROUP, CTL_FEEDBACK = 0, 64, 68, 72, 128
 CTL_SIZE = 4096
 STATUS_CLOSED = 1
 
@@ -89,7 +92,7 @@ class RingViews:
         self.status = r[OFF_STATUS:OFF_STATUS + 4].view(np.uint32)
         self.slots = r[OFF_SLOTS:OFF_SLOTS + self.size * 8].view(np.uint64)
         self.cons = c[CTL_CONS:CTL_CONS + 4].view(np.uint32)
-        self.waiting = c[CTL_WAITING:CTL_SLEEPS + 4].view(np.uint32)   # [waiting, sleeps]
+        self.waiting = c[CTL_WAITING:CTL_GROUP + 4].view(np.uint32)   # [waiting, sleeps, group]
         self.feedback = c[CTL_FEEDBACK:CTL_FEEDBACK + 24]
         self.ring_addr = r.ctypes.data
         self.ctl_addr = c.ctypes.data
@@ -213,19 +216,21 @@ def cring_release(cons, local, n):
 
 
 @inline
-def arm(waiting, prod, local):
+def arm(waiting, prod, local, group):
     """Before sleeping: announce it (waiting[0] = this sleep's number, from
-    the counter in waiting[1]), then look once more. The fence orders our
+    the counter in waiting[1]; waiting[2] = @group, the sleep set's token,
+    published with it), then look once more. The fence orders our
     `waiting` store before the prod load; the receive loop does the mirror
     image (prod store, fence, waiting load), so one of the two sides sees the
-    other and no wake-up is lost. Both `waiting` accesses are atomic (relaxed)
+    other and no wake-up is lost. Both `waiting` accesses are atomic
     so that the fences order them in the memory model, not by accident.
     Returns entries available (0: go to sleep)."""
     k = waiting[1] + np.uint32(1)
     if k == 0:
         k = np.uint32(1)
     waiting[1] = k
-    store_relaxed(waiting, k)
+    store_relaxed(waiting[2:], group)
+    store_release(waiting, k)
     fence_seq_cst()
     local[0] = load_acquire(prod)
     avail = (local[0] - local[1]) & U32

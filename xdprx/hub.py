@@ -105,6 +105,7 @@ class Hub:
         row[B.C_SIZE] = ring_size
         row[B.C_QUOTA] = quota
         row[B.C_EFD] = ring.efd
+        row[B.C_OWNER] = int((info or {}).get("pid", 0))   # SO_PEERCRED; 0: this process
         row[B.C_WAKE_BATCH] = wake_batch
         row[B.C_WAKE_NS] = wake_usecs * 1000
         row[B.C_ACTIVE] = 1

@@ -58,10 +58,11 @@ from .ring import U32, cons_release, needs_wakeup
 
 # ---- control words of a loop (ctl) ---------------------------------------------
 (K_STOP, K_ATTN, K_DEADLINE, K_NUMA_NEXT, K_SPIN_NS, K_REFILL_MIN, K_SELF_REF, K_HELD,
- K_SHIFT, K_BATCH, K_RELEASES, K_GONE) = range(12)
+ K_SHIFT, K_BATCH, K_RELEASES, K_GONE, K_RX_NS) = range(13)
 # K_HELD: entries/frames of the caller's current batch; consumers only:
 # K_SHIFT frame size log2, K_BATCH max batch,
-# K_RELEASES batches let go, K_GONE daemon gone
+# K_RELEASES batches let go, K_GONE daemon gone; receive side: K_RX_NS
+# receive moderation (rx_nap)
 N_CTL = 16
 FOREVER = np.int64(1) << 62
 TICK_DUE = 1 << 40          # added to rx_recv's result: a tick is due
@@ -77,10 +78,13 @@ HANDLER = types.FunctionType(HANDLER_SIG)
 
 FILL_LOW_NS = 200_000        # sleep at most this long while FILL is below a quarter
 # the sleep set (int32 `pfd` of a context): [epoll fd, the AF_XDP socket (receive
-# side), the lifeline socket (a Subscriber; else -1), -, ready events ...].
+# side), the lifeline socket (a Subscriber; else -1) or, receive side, the nap's
+# epoll fd (the attention eventfd alone), the set's group token (consume side:
+# announced with each sleep, cring.arm), ready events ...].
 # Every descriptor is registered once; the eventfds edge-triggered, so a wake-up
 # needs no read to re-arm it (a write while we were awake is a pending edge).
-P_EPFD, P_XSK, P_LIFELINE, P_EVENTS, N_PFD = 0, 1, 2, 4, 16
+P_EPFD, P_XSK, P_LIFELINE, P_GROUP, P_EVENTS, N_PFD = 0, 1, 2, 3, 4, 16
+P_NAP = P_LIFELINE
 REPORT_EVERY = 64            # consumer batches between two getcpu() feedback reports
 
 
@@ -113,12 +117,33 @@ def no_handler(umem, offsets, lengths, seqs, groups, state):
 # =============================================================================
 @inline
 def flush_wakes(ctab, hub, wake, fn, scratch, stats):
-    """Write the eventfd of every consumer on the wake list."""
+    """Write the eventfd of every consumer on the wake list, once per sleep
+    set: rings of one process that sleep in one epoll set (run_many, a
+    consumer's rings of several queues) announce the same group, and one
+    write wakes the thread that serves them all. Group tokens are unique
+    over a process's life (consumer.wake_group), so a group read here names
+    the set the consumer sleeps in now or a finished one it has left."""
     one = scratch[2:3]
     one[0] = 1
-    for i in range(hub[bulk.H_NWAKE]):
-        efd_write(fn, ctab[wake[i], bulk.C_EFD], one)
-    stats[bulk.S_EFD_WRITES] += hub[bulk.H_NWAKE]
+    nw = hub[bulk.H_NWAKE]
+    shared = 0
+    for i in range(nw):
+        c = wake[i]
+        g = bulk.group_of(ctab, c)
+        ctab[c, bulk.C_WGROUP] = g
+        dup = False
+        if g != 0:
+            for j in range(i):
+                d = wake[j]
+                if ctab[d, bulk.C_WGROUP] == g and ctab[d, bulk.C_OWNER] == ctab[c, bulk.C_OWNER]:
+                    dup = True
+                    break
+        if dup:
+            shared += 1
+        else:
+            efd_write(fn, ctab[c, bulk.C_EFD], one)
+    stats[bulk.S_EFD_WRITES] += nw - shared
+    stats[bulk.S_WAKES_SHARED] += shared
     hub[bulk.H_NWAKE] = 0
 
 
@@ -171,6 +196,26 @@ def rx_sleep(ctx, now, until):
 
 
 @inline
+def rx_nap(ctx, now, until):
+    """Receive moderation (a NIC's rx-usecs): packets are coming faster than
+    K_RX_NS apart, so sleep until @until whatever arrives, on the attention
+    eventfd alone, and take what came as one batch: one wake-up, one pass
+    over the consumers and one wake-up for each of them per nap instead of
+    per packet. Not while FILL is low. True if it napped."""
+    if until <= now:
+        return False
+    fill_cons, fill_local = a1(ctx, X.FILL_CONS, np.uint32), a1(ctx, X.FILL_LOCAL, np.int64)
+    fsize = ctx[2 * X.FILL_SLOTS + 1]
+    if ((fill_local[0] - np.int64(load_acquire(fill_cons))) & U32) < fsize // 4:
+        return False
+    stats = a1(ctx, X.STATS, np.int64)
+    fn, pfd, scratch = a1(ctx, X.FN, np.uint64), a1(ctx, X.PFD, np.int32), a1(ctx, X.SCRATCH, np.int64)
+    stats[bulk.S_NAPS] += 1
+    epoll_wait_ns(fn, pfd[P_NAP], pfd[P_EVENTS:], until - now, scratch)
+    return True
+
+
+@inline
 def rx_spin(ctx, now):
     """Busy-poll the RX producer index for up to K_SPIN_NS. True if a packet came."""
     spin = a1(ctx, X.CTL, np.int64)[K_SPIN_NS]
@@ -197,6 +242,7 @@ def rx_loop(ctx, umem_ro, handler, state):
     off, ln = a1(ctx, X.OUT_OFF, np.uint64), a1(ctx, X.OUT_LEN, np.uint32)
     seq, sub = a1(ctx, X.OUT_SEQ, np.uint64), a1(ctx, X.OUT_SUB, np.int32)
     rx_prod, rx_local = a1(ctx, X.RX_PROD, np.uint32), a1(ctx, X.RX_LOCAL, np.int64)
+    last = -FOREVER           # when the previous batch came
     while True:
         if load_relaxed(ctl[K_STOP:]) != 0:
             stats[bulk.S_RET_STOP] += 1
@@ -219,11 +265,19 @@ def rx_loop(ctx, umem_ro, handler, state):
         # more already waiting: the next burst at once; a batch that emptied
         # the ring goes straight to sleep (a second, empty burst would cost
         # as much as the wake-up's own work at low rates)
-        if stats[bulk.S_BATCHES] != batches and np.int64(load_relaxed(rx_prod)) != rx_local[1]:
+        got = stats[bulk.S_BATCHES] != batches
+        if got and np.int64(load_relaxed(rx_prod)) != rx_local[1]:
             continue
         if rx_spin(ctx, now):
             continue
-        rx_sleep(ctx, now, min(ctl[K_DEADLINE], due))
+        until = min(ctl[K_DEADLINE], due)
+        if got:
+            # batches less than two moderation periods apart: the next one
+            # is taken a period after this one, however many packets come
+            gap, last = now - last, now
+            if gap < 2 * ctl[K_RX_NS] and rx_nap(ctx, now, min(now + ctl[K_RX_NS], until)):
+                continue
+        rx_sleep(ctx, now, until)
 
 
 @inline
@@ -347,10 +401,11 @@ def cons_sleep(cctx, timeout_ns):
     the eventfd (and the lifeline socket) for up to @timeout_ns."""
     waiting = a1(cctx, X.C_WAITING, np.uint32)
     local = a1(cctx, X.C_LOCAL, np.int64)
-    if CR.arm(waiting, a1(cctx, X.C_PROD, np.uint32), local):
+    pfd = a1(cctx, X.C_PFD, np.int32)
+    if CR.arm(waiting, a1(cctx, X.C_PROD, np.uint32), local, np.uint32(pfd[P_GROUP])):
         return
     ctl, fn = a1(cctx, X.C_CTL, np.int64), a1(cctx, X.C_FN, np.uint64)
-    pfd, scratch = a1(cctx, X.C_PFD, np.int32), a1(cctx, X.C_SCRATCH, np.int64)
+    scratch = a1(cctx, X.C_SCRATCH, np.int64)
     events = pfd[P_EVENTS:]
     k = epoll_wait_ns(fn, pfd[P_EPFD], events, timeout_ns, scratch)
     store_relaxed(waiting, 0)
@@ -410,10 +465,11 @@ def cons_sleep_all(cctxs, gpfd, timeout_ns):
     fn, scratch = a1(c0, X.C_FN, np.uint64), a1(c0, X.C_SCRATCH, np.int64)
     events = gpfd[P_EVENTS:]
     avail = 0
+    group = np.uint32(gpfd[P_GROUP])
     for i in range(n):
         c = cctxs[i]
         avail += CR.arm(a1(c, X.C_WAITING, np.uint32), a1(c, X.C_PROD, np.uint32),
-                        a1(c, X.C_LOCAL, np.int64))
+                        a1(c, X.C_LOCAL, np.int64), group)
     if avail == 0:
         k = epoll_wait_ns(fn, gpfd[P_EPFD], events, timeout_ns, scratch)
         for e in range(k):
@@ -466,7 +522,7 @@ def cons_arm(cctx):
     on its event loop, then stores 0 into waiting. Returns entries available
     (0: await the eventfd; else waiting is already 0 again)."""
     return CR.arm(a1(cctx, X.C_WAITING, np.uint32), a1(cctx, X.C_PROD, np.uint32),
-                  a1(cctx, X.C_LOCAL, np.int64))
+                  a1(cctx, X.C_LOCAL, np.int64), np.uint32(a1(cctx, X.C_PFD, np.int32)[P_GROUP]))
 
 
 @kernel
@@ -505,7 +561,7 @@ def cons_run_many(cctxs, gpfd, umem_ro, handler, states, rows, slice_ns):
     rows[i]) -> release; when every ring is empty, arm
     them all and sleep once, in one epoll set holding every eventfd. N
     consumers cost one thread and one wake-up, not N context switches.
-    @gpfd: [epoll fd, -, -, -, events ...]; lifeline sockets have epoll data
+    @gpfd: [epoll fd, -, -, group token, events ...]; lifeline sockets have epoll data
     = their fd, and are listed in each consumer's own pfd[P_LIFELINE].
     Returns R_*; R_GONE only when every consumer is gone."""
     n = cctxs.shape[0]
@@ -608,7 +664,7 @@ def _empty_consumer() -> tuple[dict, np.ndarray]:
         "out_frame": np.zeros(4, np.uint64), "out_off": np.zeros(4, np.uint64),
         "out_len": np.zeros(4, np.uint32), "out_seq": np.zeros(4, np.uint64),
         "out_sub": np.zeros(4, np.int32), "cons": np.zeros(1, np.uint32),
-        "waiting": np.zeros(2, np.uint32), "feedback": np.zeros(3, np.uint64),
+        "waiting": np.zeros(3, np.uint32), "feedback": np.zeros(3, np.uint64),
         "status": np.zeros(1, np.uint32), "ctl": new_ctl(), "fn": table(),
         "pfd": np.full(N_PFD, -1, np.int32), "scratch": np.zeros(4, np.int64)}
     arrays["ctl"][K_BATCH] = 4

@@ -52,6 +52,9 @@ from .kernel.xsk import XskSocket
 
 log = logging.getLogger("xdprx")
 MAX_GROUP_SLOTS = 4096      # the XDP program's subscriptions map (bpf/redirect.c)
+# receive moderation: while packets come less than 2 x this apart, the loop
+# takes them in batches this far apart (benchmarks: RESULTS.md, "rx_usecs")
+RX_USECS = 20
 
 
 class Receiver:
@@ -68,7 +71,7 @@ class Receiver:
                  mode: str = "auto", frames: int = 4096, frame_size: int = 2048,
                  headroom: int = 0, batch_size: int = 256, rx_size: int = 4096,
                  copy: str = "auto", join: bool = True, spin: int = 0,
-                 refill_min: int = 16, reserve: int | None = None,
+                 rx_usecs: int = RX_USECS, refill_min: int = 16, reserve: int | None = None,
                  max_frames: int | None = None, hugepages: str = "auto",
                  cache: int | None = None, chunk: int | None = None,
                  spill_at: int | None = None, trim_after: float | None = 5.0,
@@ -102,6 +105,10 @@ class Receiver:
         if not 0 <= spin <= 1_000_000:
             raise ConfigError(f"spin {spin} us out of range", remedy="use 0 (off) .. 1000000")
         self.spin = spin
+        if not 0 <= rx_usecs <= 10_000:
+            raise ConfigError(f"rx_usecs {rx_usecs} out of range",
+                              remedy="use 0 (a wake-up per packet) .. 10000")
+        self.rx_usecs = rx_usecs
         if not 1 <= refill_min <= min(frames, 4096):
             raise ConfigError(f"refill batch {refill_min} out of range",
                               remedy=f"use 1..{min(frames, 4096)} (16 is the measured default)")
@@ -159,7 +166,7 @@ class Receiver:
         shared UMEM, its own pool, consumer table, NUMA policy and loop."""
         q = cls.__new__(cls)
         for name in ("groups", "_removed", "ifname", "ifindex", "queues", "cpus", "batch_size",
-                     "spin", "refill_min", "trim_after", "topology", "numa_every", "_hub_args",
+                     "spin", "rx_usecs", "refill_min", "trim_after", "topology", "numa_every", "_hub_args",
                      "_numa_args", "_rx_size", "_copy", "prog", "umem", "mode"):
             setattr(q, name, getattr(first, name))
         q.queue, q.lane, q.lanes = first.queues[k], k, [q]
@@ -210,6 +217,7 @@ class Receiver:
         self._ctl = loop.new_ctl()
         self._ctl[loop.K_REFILL_MIN] = self.refill_min
         self._ctl[loop.K_SPIN_NS] = self.spin * 1000
+        self._ctl[loop.K_RX_NS] = self.rx_usecs * 1000
         self._attn = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._stack.callback(os.close, self._attn)
         # the loop's sleep: one epoll set, registered once (loop.P_*)
@@ -219,6 +227,11 @@ class Receiver:
         self._ep.register(self._attn, select.EPOLLIN | select.EPOLLET)
         self._pfd = np.full(loop.N_PFD, -1, np.int32)
         self._pfd[loop.P_EPFD], self._pfd[loop.P_XSK] = self._ep.fileno(), self.xsk.fd
+        # the moderated sleep (rx_usecs): the attention eventfd alone
+        self._nap = select.epoll()
+        self._stack.callback(self._nap.close)
+        self._nap.register(self._attn, select.EPOLLIN | select.EPOLLET)
+        self._pfd[loop.P_NAP] = self._nap.fileno()
         self._scratch = np.zeros(4, np.int64)
         # held around every kernel call and consumer-table change; while a
         # compiled loop runs, other threads hand their changes to it (_on_loop)

@@ -66,7 +66,9 @@ def cmd_run(a: argparse.Namespace) -> int:
                   mode=a.mode, frames=a.frames,
                   frame_size=a.frame_size, batch_size=a.batch, max_frames=a.max_frames,
                   hugepages=a.hugepages, reserve=a.reserve, numa=a.numa,
-                  topology=Topology(a.numa_sysfs), spin=a.spin, wake_batch=a.wake_batch,
+                  topology=Topology(a.numa_sysfs), spin=a.spin,
+                  **({} if a.rx_usecs is None else {"rx_usecs": a.rx_usecs}),
+                  wake_batch=a.wake_batch,
                   wake_usecs=a.wake_usecs)
     try:
         reread = None
@@ -192,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--spin", type=int, default=0, metavar="US",
                    help="busy-poll an empty ring this long before sleeping (default 0: on a "
                         "shared core a spin steals the CPU from the work it waits for)")
+    r.add_argument("--rx-usecs", type=int, default=None, metavar="US",
+                   help="receive moderation, like a NIC's rx-usecs: while packets come less "
+                        "than 2 x US apart, take them in batches US apart (default 20; "
+                        "0: a wake-up per packet, the lowest latency)")
     r.add_argument("--wake-batch", type=int, default=None, metavar="N",
                    help="wake a sleeping subscriber once N packets wait for it (default 64; "
                         "a subscriber may ask for its own)")

@@ -45,6 +45,8 @@ RECEIVER = {
     "undelivered": ("undelivered", "Packets nobody took (no consumer, no application batch)"),
     "eventfd_writes": ("eventfd_writes", "Eventfd writes waking sleeping consumers"),
     "sleeps": ("loop_sleeps", "Times the receive loop slept in epoll"),
+    "wakes_shared": ("wakes_shared", "Consumer wake-ups covered by another ring's eventfd write (one sleep set)"),
+    "naps": ("loop_naps", "Moderated sleeps of the receive loop (rx_usecs)"),
     "handler_calls": ("handler_calls", "run(handler) calls of the receive loop"),
 }
 RETURNS = ("stop", "attention", "tick")
