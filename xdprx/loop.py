@@ -177,17 +177,22 @@ def rx_step(ctx, self_ref, now):
 
 
 @inline
+def fill_low(ctx):
+    """Fewer than a quarter of the FILL ring's entries are with the kernel."""
+    fill_cons, fill_local = a1(ctx, X.FILL_CONS, np.uint32), a1(ctx, X.FILL_LOCAL, np.int64)
+    in_fill = (fill_local[0] - np.int64(load_acquire(fill_cons))) & U32
+    return in_fill < ctx[2 * X.FILL_SLOTS + 1] // 4
+
+
+@inline
 def rx_sleep(ctx, now, until):
     """Sleep in epoll on the socket and the attention eventfd until @until
     at most (shorter while FILL is low: consumers may be letting go of frames
     the kernel needs)."""
-    fill_cons, fill_local = a1(ctx, X.FILL_CONS, np.uint32), a1(ctx, X.FILL_LOCAL, np.int64)
-    fsize = ctx[2 * X.FILL_SLOTS + 1]
     stats = a1(ctx, X.STATS, np.int64)
     fn, pfd, scratch = a1(ctx, X.FN, np.uint64), a1(ctx, X.PFD, np.int32), a1(ctx, X.SCRATCH, np.int64)
     timeout = until - now
-    in_fill = (fill_local[0] - np.int64(load_acquire(fill_cons))) & U32
-    if in_fill < fsize // 4 and timeout > FILL_LOW_NS:
+    if fill_low(ctx) and timeout > FILL_LOW_NS:
         timeout = FILL_LOW_NS
     if timeout < 0:
         timeout = 0
@@ -202,11 +207,7 @@ def rx_nap(ctx, now, until):
     eventfd alone, and take what came as one batch: one wake-up, one pass
     over the consumers and one wake-up for each of them per nap instead of
     per packet. Not while FILL is low. True if it napped."""
-    if until <= now:
-        return False
-    fill_cons, fill_local = a1(ctx, X.FILL_CONS, np.uint32), a1(ctx, X.FILL_LOCAL, np.int64)
-    fsize = ctx[2 * X.FILL_SLOTS + 1]
-    if ((fill_local[0] - np.int64(load_acquire(fill_cons))) & U32) < fsize // 4:
+    if until <= now or fill_low(ctx):
         return False
     stats = a1(ctx, X.STATS, np.int64)
     fn, pfd, scratch = a1(ctx, X.FN, np.uint64), a1(ctx, X.PFD, np.int32), a1(ctx, X.SCRATCH, np.int64)
