@@ -4,7 +4,7 @@ on its own thread; xdprx.run_many: all N consumers on one other thread, one
 wake-up for all, GIL released); every consumer reads the first 64 bytes of
 every packet it gets.
 
-    fanout_rx.py [--rx-usecs US] IFNAME SECONDS N MODE
+    fanout_rx.py [--rx-usecs US] [--batch B] IFNAME SECONDS N MODE
 prints "ready", waits for the first packet, measures SECONDS, prints JSON.
 With SECONDS 0 it serves (serve.py) until stdin closes, with per-batch
 latency: each consumer's now - the send time of its batch's first packet."""
@@ -30,14 +30,18 @@ def cpu_seconds() -> float:
 
 
 def main() -> None:
-    argv, kw = sys.argv, {}
+    argv, kw, batch = sys.argv, {}, 1024
     if "--rx-usecs" in argv:           # else the Receiver's default
         i = argv.index("--rx-usecs")
         kw["rx_usecs"] = int(argv[i + 1])
         argv = argv[:i] + argv[i + 2:]
+    if "--batch" in argv:              # each consumer's batch size
+        i = argv.index("--batch")
+        batch = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
     ifname, seconds, n, mode = argv[1], float(argv[2]), int(argv[3]), argv[4]
     with xdprx.Receiver(ifname, ["239.1.2.3:5000"], mode=mode, frames=8192, **kw) as rx:
-        cons = [rx.subscribe(ring_size=4096, batch_size=1024) for _ in range(n)]
+        cons = [rx.subscribe(ring_size=4096, batch_size=batch) for _ in range(n)]
         one = handler_state()
         states = np.zeros((n, len(one)), np.int64)
         states[:] = one
