@@ -181,6 +181,40 @@ def test_handler_must_be_njit_and_read_only():
 RUN_CONSUMER = str(Path(__file__).with_name("run_consumer.py"))
 
 
+class Consumers:
+    """@n run_consumer.py Subscriber processes of GROUP (pinned to @pin if
+    given), all ready when entered; SIGTERMed on the way out, and their JSON
+    reports in `results` (when the block raised: only reaped)."""
+
+    def __init__(self, ctl: str, n: int, n_max: int, hashfile: str, pin: str | None = None):
+        self.argv = (["taskset", "-c", pin] if pin else []) + [
+            sys.executable, RUN_CONSUMER, ctl, GROUP, str(n_max), hashfile]
+        self.n, self.procs, self.results = n, [], []
+
+    def __enter__(self) -> "Consumers":
+        try:
+            for _ in range(self.n):
+                self.procs.append(subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.PIPE, text=True))
+            for p in self.procs:
+                line = p.stdout.readline().strip()
+                assert line == "ready", (line, p.stderr.read() if p.poll() is not None else "")
+        except BaseException:
+            self.__exit__(True)
+            raise
+        return self
+
+    def __exit__(self, failed, *_) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            out, err = p.communicate(timeout=60)
+            if not failed:
+                assert p.returncode == 0, err
+                self.results.append(json.loads(out.strip().splitlines()[-1]))
+
+
 def test_sixteen_subscribers_on_one_cpu_started_under_traffic(pair, tmp_path):
     """The oversubscribed case: `xdprx run` and 16 Subscriber processes all
     pinned to one CPU (the generator and the veth's kernel work on the other),
@@ -203,15 +237,8 @@ def test_sixteen_subscribers_on_one_cpu_started_under_traffic(pair, tmp_path):
                        pin="1"):
         sender = pair.popen("tx", ["taskset", "-c", "0"] + send_cmd(
             GROUP, n_max, seed=seed, lo=64, hi=128, rate=rate, timeout=MAX_S))
-        procs = []
-        try:
-            time.sleep(1.0)
-            procs = [subprocess.Popen(["taskset", "-c", "1", sys.executable, RUN_CONSUMER, ctl,
-                                       GROUP, str(n_max), hashfile], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True) for _ in range(n_cons)]
-            for p in procs:
-                line = p.stdout.readline().strip()
-                assert line == "ready", (line, p.stderr.read() if p.poll() is not None else "")
+        time.sleep(1.0)
+        with Consumers(ctl, n_cons, n_max, hashfile, pin="1") as subs:
             time.sleep(STEADY)
             assert sender.poll() is None, "the sender ended before every subscriber was ready"
             sender.terminate()                      # the traffic ends here
@@ -219,14 +246,7 @@ def test_sixteen_subscribers_on_one_cpu_started_under_traffic(pair, tmp_path):
             t_end = time.monotonic()
             time.sleep(1.0)                         # the last packets drain
             daemon = request(ctl, {"cmd": "stats"})["stats"]
-        finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-        results = []
-        for p in procs:
-            out, err = p.communicate(timeout=60)
-            assert p.returncode == 0, err
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        results = subs.results
     r = daemon["receiver"]
     n = r["packets"]                # everything the sender got out, all received
     assert daemon["drops"] == 0 and daemon["xdp"]["redirected"] == n, json.dumps(
@@ -330,27 +350,13 @@ def test_one_eventfd_write_per_sleep_set(pair, tmp_path):
     np.save(hashfile, want)
     ctl = str(tmp_path / "x.sock")
     with DaemonProcess(pair, ctl, [GROUP]):
-        procs = [subprocess.Popen([sys.executable, RUN_CONSUMER, ctl, GROUP, str(n), hashfile],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
-        try:
-            for p in procs:
-                line = p.stdout.readline().strip()
-                assert line == "ready", (line, p.stderr.read() if p.poll() is not None else "")
+        with Consumers(ctl, 2, n, hashfile) as subs:
             time.sleep(0.3)
             with pair.inside("tx"):
                 assert send(GROUP, n, seed, 32, 64, 200, pair.tx_if, 20) == n
             time.sleep(0.5)
             daemon = request(ctl, {"cmd": "stats"})["stats"]
-        finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-        results = []
-        for p in procs:
-            out, err = p.communicate(timeout=60)
-            assert p.returncode == 0, err
-            results.append(json.loads(out.strip().splitlines()[-1]))
-    for res in results:
+    for res in subs.results:
         assert res["packets"] == n and res["mismatches"] == 0 and res["hashed"] == n, res
     r, cs = daemon["receiver"], daemon["consumers"]
     assert r["wakes_shared"] == 0, r
