@@ -17,9 +17,12 @@ the arrays, call in, and handle what comes back. Read it top to bottom:
               each frame's descriptor, push references, publish each ring
       wake    eventfd writes for sleeping consumers, moderated: a consumer is
               woken when `wake_batch` entries wait for it or `wake_ns` after
-              the first one (bulk.publish / bulk.wake_due), once per sleep
+              the first one (bulk.publish / bulk.wake_due), once per sleep,
+              and one write per sleep set (flush_wakes)
       poll    epoll on the socket and the attention eventfd, for at most the
-              time to the next due wake-up or tick; FILL running low shortens it
+              time to the next due wake-up or tick; FILL running low shortens it;
+              while batches come faster than 2 x K_RX_NS, a nap of K_RX_NS on
+              the attention eventfd alone instead (rx_nap: receive moderation)
 
   consume side (one per consumer; `cons_*`)
     cons_recv  release the last batch, read the next (one call from recv())
