@@ -30,7 +30,7 @@ from typing import AsyncIterator, Callable, Iterable, Iterator
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 
-from . import context, cring as CR, loop
+from . import context, cring as CR, jit, loop
 from .kernel import libc
 from .batch import Batch
 from .service.control import connect, refused
@@ -175,6 +175,8 @@ class Reader:
         self.daemon_gone = False
         self._lifeline = lifeline
         self._awaiting = False
+        self._empty = Batch(self, 0)
+        self._cons_recv = jit.entry(loop.cons_recv)   # warmed: recv()'s one call, undispatched
 
     # ---- receive ---------------------------------------------------------------
     def _release_held(self) -> None:
@@ -190,14 +192,14 @@ class Reader:
         from one queue's ring, round-robin, and one sleep covers them all."""
         tns = -1 if timeout is None else int(timeout * 1e9)
         if len(self._ctls) == 1:
-            j = loop.cons_recv(self._cctx, tns)
+            j = self._cons_recv(self._cctx, tns)
         else:
             j = loop.cons_recv_many(self._cctxs, self._rr, tns)
         if j > 0:
             return Batch(self, j)
         if j < 0:
             self.daemon_gone = True
-        return Batch(self, 0)
+        return self._empty
 
     def run(self, handler, state: np.ndarray | None = None, duration: float | None = None,
             count: int | None = None) -> str:
