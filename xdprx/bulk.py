@@ -26,7 +26,7 @@ import numpy as np
 from . import cring as CR
 from . import fanout as F
 from .atomics import fence_seq_cst, load_acquire, load_relaxed, store_release
-from .jit import inline, kernel, raw
+from .jit import inline, kernel, prefetch, raw
 from .packet import parse_udp
 from .ring import U32, cons_peek, cons_release, prod_free, prod_submit, needs_wakeup
 from .umem import (HELD, KERNEL, P_CAP, P_HELD_RING, P_RING, P_SPILLED, X_NODES, X_SHIFT,
@@ -253,6 +253,24 @@ def wake_due(ctab, hub, wake, now):
 
 
 # ---- the receive burst ---------------------------------------------------------
+# Prefetch distances (packets): the RX ring's slots and the packets' lines were
+# last written by the CPU that ran the kernel's receive work, so each is a miss
+# here; asked for this far ahead they arrive while earlier packets are worked on
+PF_PKT = 4      # packet header lines and headroom descriptor
+PF_SLOT = 8     # RX ring slots (four to a cache line)
+
+
+@inline
+def prefetch_packet(rx_slots, s, umem, shift):
+    """The lines packet slot @s's work will touch: its headers (and the next
+    line, where a handler's first payload bytes end), and its frame's headroom,
+    about to be written."""
+    addr = rx_slots[s, 0]
+    prefetch(umem, addr, 0)
+    prefetch(umem, addr + np.uint64(64), 0)
+    prefetch(umem, (addr >> shift) << shift, 1)
+
+
 @inline
 def refill(pool, fill_prod, fill_cons, fill_slots, fill_local, refill_min, stats):
     """Top up the FILL ring in bulk: only when at least @refill_min slots are
@@ -320,10 +338,19 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
     if n == 0:
         return 0
     idx = rx_local[1]
+    mask = rsize - 1
+    for i in range(min(n, PF_PKT)):
+        prefetch_packet(rx_slots, (idx + i) & mask, umem, shift)
+    for i in range(PF_PKT, min(n, PF_SLOT)):
+        prefetch(rx_slots[(idx + i) & mask], 0, 0)
     j = 0
     nbytes = 0
     for i in range(n):
-        s = (idx + i) & (rsize - 1)
+        s = (idx + i) & mask
+        if i + PF_SLOT < n:
+            prefetch(rx_slots[(idx + i + PF_SLOT) & mask], 0, 0)
+        if i + PF_PKT < n:
+            prefetch_packet(rx_slots, (idx + i + PF_PKT) & mask, umem, shift)
         addr = rx_slots[s, 0]
         ln = rx_slots[s, 1] & 0xFFFFFFFF
         f = np.int64(addr >> shift)

@@ -39,7 +39,7 @@ import numpy as np
 
 from . import fanout as F
 from .atomics import fence_seq_cst, load_acquire, store_release, store_relaxed
-from .jit import inline, kernel
+from .jit import inline, kernel, prefetch
 from .ring import U32, cons_peek, cons_release
 
 RING_MAGIC = 0x52435258  # 'XRCR'
@@ -152,6 +152,9 @@ class ConsumerRing:
 
 
 # ---- the consumer's read kernels --------------------------------------------
+PF_DESC = 4     # descriptors prefetched this many entries ahead
+
+
 @inline
 def read_batch(prod, slots, local, umem, shift, max_n, next_seq, counts,
                out_frame, out_off, out_len, out_seq, out_sub):
@@ -169,9 +172,15 @@ def read_batch(prod, slots, local, umem, shift, max_n, next_seq, counts,
     u32 = umem.view(np.uint32)
     u64 = umem.view(np.uint64)
     nframes = umem.shape[0] >> shift
+    # the descriptors were written on the receive loop's CPU: ask for them a
+    # few entries ahead (a hint: a bad slot cannot fault)
+    for i in range(min(n, PF_DESC)):
+        prefetch(umem, slots[(local[1] + i) & mask], 0)
     j = 0
     nbytes = 0
     for i in range(n):
+        if i + PF_DESC < n:
+            prefetch(umem, slots[(local[1] + i + PF_DESC) & mask], 0)
         base = slots[(local[1] + i) & mask]
         if (base >> shift) >= nframes:
             counts[3] += 1  # cannot happen with an honest producer; never read it
@@ -188,7 +197,9 @@ def read_batch(prod, slots, local, umem, shift, max_n, next_seq, counts,
                 counts[1] += seq - exp
             next_seq[sub] = seq + 1
         out_frame[j] = base
-        out_off[j] = base + u32[w + F.W_PAYLOAD_OFF]
+        off = base + u32[w + F.W_PAYLOAD_OFF]
+        out_off[j] = off
+        prefetch(umem, off, 0)      # the handler reads it once the batch is out
         ln = u32[w + F.W_PAYLOAD_LEN]
         out_len[j] = ln
         out_seq[j] = seq

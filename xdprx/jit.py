@@ -132,3 +132,34 @@ def raw(typingctx, addr, n, dtype):
         inner = retty(types.voidptr, sig.args[1])
         return np_cfarray(context, builder, inner, (ptr, args[1]))
     return retty(addr, n, dtype), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx, write):
+    """Ask the CPU to bring the cache line of arr[@idx] (@arr 1-D) in
+    (llvm.prefetch; a hint: never faults, even out of bounds). @write (a
+    literal): 1 for a line about to be written. DPDK's rte_prefetch0 in a
+    receive burst: the lines of a packet a few places ahead come in while
+    this one is worked on, instead of one miss after another."""
+    if not isinstance(arr, types.Array) or arr.ndim != 1 or not isinstance(idx, types.Integer) \
+            or not isinstance(write, types.IntegerLiteral):
+        return None
+    rw = write.literal_value
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        itemsize = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
+        off = builder.mul(builder.sext(args[1], ir.IntType(64)) if args[1].type.width < 64
+                          else args[1], ir.Constant(ir.IntType(64), itemsize))
+        base = builder.ptrtoint(ary.data, ir.IntType(64))
+        ptr = builder.inttoptr(builder.add(base, off), cgutils.voidptr_t)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        # the intrinsic is named for its pointer type: "ptr" (opaque, LLVM >= 15) or "i8*"
+        name = "llvm.prefetch.p0" if str(cgutils.voidptr_t) == "ptr" else "llvm.prefetch.p0i8"
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        # read or write, locality 3 (keep in all levels), data cache
+        builder.call(fn, [ptr, ir.Constant(i32, rw), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, idx, write), codegen
