@@ -140,15 +140,15 @@ def fan_out(ctab, sub_start, sub_cons, sub, base, seq, hub, meta):
     refs = 0
     missed = 0
     # pressure: so many ring frames are held (the pool is at its cap, or
-    # cannot grow) that the FILL ring could run dry
-    pressure = meta[P_HELD_RING] > meta[P_RING] - hub[H_RESERVE]
-    fair = (meta[P_CAP] - hub[H_RESERVE]) // max(hub[H_NACTIVE], 1)
+    # cannot grow) that the FILL ring could run dry; only then the fair share
+    # (a division: 10 % of the burst's samples when it was taken per packet)
+    fair = np.int64(1) << 62
+    if meta[P_HELD_RING] > meta[P_RING] - hub[H_RESERVE]:
+        fair = (meta[P_CAP] - hub[H_RESERVE]) // max(hub[H_NACTIVE], 1)
     for k in range(sub_start[sub], sub_start[sub + 1]):
         c = sub_cons[k]
         held = (ctab[c, C_PROD] - ctab[c, C_REAPED]) & U32
-        limit = ctab[c, C_QUOTA]
-        if pressure and fair < limit:
-            limit = fair
+        limit = min(ctab[c, C_QUOTA], fair)
         if held >= limit:
             ctab[c, C_DROPPED] += 1
             ctab[c, C_DROP_END] = seq + 1
@@ -257,7 +257,7 @@ def wake_due(ctab, hub, wake, now):
 # last written by the CPU that ran the kernel's receive work, so each is a miss
 # here; asked for this far ahead they arrive while earlier packets are worked on
 PF_PKT = 4      # packet header lines and headroom descriptor
-PF_SLOT = 8     # RX ring slots (four to a cache line)
+PF_SLOT = 16    # RX ring slots (four to a cache line)
 
 
 @inline
