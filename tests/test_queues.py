@@ -267,3 +267,124 @@ def test_a_stalled_and_then_killed_subscriber_costs_only_itself_on_every_queue(p
         check_queues(np.array([0] * 8 + out["hashes"], np.int64), wants, n)
         assert st["drops"] == 0
         assert d.stop() == 0, d.err
+
+
+def test_a_driver_without_shared_umem_gets_one_clear_line(pair4, monkeypatch):
+    """A driver that cannot share one UMEM between queues fails the second
+    queue's socket with EOPNOTSUPP (veth can, so the failure is injected at
+    libxdp's xsk_socket__create_shared): one error naming the queue and the
+    remedy, and nothing left behind (no XDP program, the queue free again)."""
+    from xdprx.errors import XdprxError
+    from xdprx.kernel import native
+    from helpers import xdp_attached
+    calls = []
+
+    def refuse(*args):
+        calls.append(args[2])             # the queue
+        return -95                        # -EOPNOTSUPP
+    monkeypatch.setattr(native.libxdp, "xsk_socket__create_shared", refuse)
+    with pair4.inside("rx"):
+        with pytest.raises(XdprxError) as e:
+            xdprx.Receiver(pair4.rx_if, [GROUP], mode="native", queues="0-1")
+    assert calls == [1]
+    msg = str(e.value)
+    assert "queue 1" in msg and "cannot share one UMEM" in msg and "--queues 1" in msg, msg
+    assert e.value.errno == 95
+    assert xdp_attached(pair4, "rx") == ""
+    monkeypatch.undo()
+    with pair4.inside("rx"):                 # nothing held: both queues open again
+        rx = xdprx.Receiver(pair4.rx_if, [GROUP], mode="native", queues="0-1")
+    with rx:
+        send_queues(pair4, [0, 1], n=200)
+        got = 0
+        end = time.monotonic() + 10
+        while got < 400 and time.monotonic() < end:
+            got += len(rx.recv(timeout=0.2))
+        assert got == 400
+    frames_home(rx)
+
+
+def test_more_queues_than_cpus_is_one_warning_line(pair4, caplog):
+    """Loops of queues beyond the CPUs this process may use share CPUs: it
+    works (the default takes every queue), with one warning line that names
+    those queues and the remedy."""
+    import logging
+    import os
+    mine = os.sched_getaffinity(0)
+    cpu = min(mine)
+    caplog.set_level(logging.WARNING, logger="xdprx")
+    os.sched_setaffinity(0, {cpu})
+    try:
+        with pair4.inside("rx"):
+            rx = xdprx.Receiver(pair4.rx_if, [GROUP], mode="native")
+    finally:
+        os.sched_setaffinity(0, mine)
+    with rx:
+        assert rx.queues == [0, 1, 2, 3]
+    lines = [r.getMessage() for r in caplog.records if "CPU" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "queues 1,2,3" in lines[0] and "--queues 0" in lines[0] and "ethtool -L" in lines[0], \
+        lines[0]
+
+
+def test_each_queue_pool_grows_to_its_own_cap_and_gives_back(pair4):
+    """Queues 0-1, 1024 ring frames and a cap of 2048 per queue. A consumer
+    that holds every frame makes queue 0's pool grow, chunk by chunk, to its
+    cap and no further (the kernel drops the rest of queue 0, counted there);
+    queue 1's pool does not grow and its packets all arrive. When the
+    consumer reads and lets go, every payload byte is there, in order per
+    queue, and both pools shrink back to their rings."""
+    from xdprx.testing import payloads
+    RING, CAP, CHUNK, N0, N1 = 1024, 2048, 512, 3000, 500
+    with pair4.inside("rx"):
+        rx = xdprx.Receiver(pair4.rx_if, [GROUP], mode="native", queues="0-1", frames=RING,
+                            max_frames=CAP, chunk=CHUNK, reserve=0, trim_after=0.3,
+                            hugepages="off")
+    with rx:
+        holder = rx.subscribe(ring_size=4096, quota=CAP, batch_size=512, spin=0)
+
+        def send(q, n, want):
+            """Send @n on queue @q while the loops run (they grow the pool), until
+            every queue's packets + kernel drops are @want."""
+            s = pair4.popen("tx", send_cmd(GROUP, n, seed=100 + q, lo=LO, hi=HI, rate=20000,
+                                           xdp=True, queue=q), stdout=subprocess.PIPE, text=True)
+
+            def counted():
+                return [p["receiver"]["packets"] + p["xsk"]["rx_dropped"]
+                        for p in rx.stats()["per_queue"]]
+            end = time.monotonic() + 60
+            while counted() != want and time.monotonic() < end:
+                rx.pump(timeout=0.01)
+            out, _ = s.communicate(timeout=30)
+            assert s.returncode == 0 and int(out.split()[-1]) == n, out
+            assert counted() == want
+
+        send(0, N0, [N0, 0])
+        send(1, N1, [N0, N1])
+        q0, q1 = rx.stats()["per_queue"]
+        f0, f1 = q0["frames"], q1["frames"]
+        assert f0["total"] == CAP and f0["held"] == CAP and f0["grows"] == (CAP - RING) // CHUNK
+        assert f0["at_cap"] >= 1 and q0["receiver"]["packets"] == CAP
+        assert q0["xsk"]["rx_dropped"] == N0 - CAP, q0["xsk"]
+        assert f1["total"] == RING and f1["held"] == N1 and f1["grows"] == 0
+        assert q1["receiver"]["packets"] == N1 and q1["xsk"]["rx_dropped"] == 0
+        assert holder.stats()["dropped"] == 0
+
+        got: dict[int, list] = {0: [], 1: []}
+        end = time.monotonic() + 30
+        while len(got[0]) + len(got[1]) < CAP + N1 and time.monotonic() < end:
+            for p in holder.recv(timeout=0.2):
+                got[p.seq >> 56].append((p.seq & int(LOW56), bytes(p.payload)))
+        holder.recv(timeout=0)                               # lets go of the last batch
+        assert [s for s, _ in got[0]] == list(range(CAP)), "queue 0: order or loss"
+        assert [p for _, p in got[0]] == payloads(100, N0, LO, HI)[:CAP], "queue 0 bytes"
+        assert [s for s, _ in got[1]] == list(range(N1)), "queue 1: order or loss"
+        assert [p for _, p in got[1]] == payloads(101, N1, LO, HI), "queue 1 bytes"
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(
+                p["frames"]["total"] != RING or p["frames"]["held"] for p in rx.stats()["per_queue"]):
+            rx.pump(timeout=0.05)
+        for p in rx.stats()["per_queue"]:
+            assert p["frames"]["total"] == RING and p["frames"]["held"] == 0, p["frames"]
+        holder.close()
+    frames_home(rx)

@@ -140,8 +140,13 @@ def resolve_cpus(ifname: str, queues: list[int],
     if cpus is None:
         out = [irq_cpus(ifname, q) for q in queues]
         if len(queues) > len(online):
-            log.warning("xdprx: %d queues, %d CPUs: receive loops share CPUs (--queues "
-                        "to use fewer)", len(queues), len(online))
+            # it works (the loops take turns), so a warning: the default takes every queue
+            n, extra = len(online), queues[len(online):]
+            log.warning("xdprx: %s: %d queues for %d CPUs: the receive loops of queue%s %s "
+                        "share CPUs with others; for one loop per CPU use --queues %s "
+                        "(or ethtool -L %s combined %d)", ifname, len(queues), n,
+                        "s" if len(extra) > 1 else "", ",".join(map(str, extra)),
+                        ",".join(map(str, queues[:n])), ifname, n)
         return out
     lst = parse_cpulist(cpus) if isinstance(cpus, str) else [int(c) for c in cpus]
     for c in lst:
