@@ -175,7 +175,6 @@ class Reader:
         self.daemon_gone = False
         self._lifeline = lifeline
         self._awaiting = False
-        self._empty = Batch(self, 0)
         self._cons_recv = jit.entry(loop.cons_recv)   # warmed: recv()'s one call, undispatched
 
     # ---- receive ---------------------------------------------------------------
@@ -199,7 +198,7 @@ class Reader:
             return Batch(self, j)
         if j < 0:
             self.daemon_gone = True
-        return self._empty
+        return Batch(self, 0)   # not cached: a Batch refers to this epoch's mapping
 
     def run(self, handler, state: np.ndarray | None = None, duration: float | None = None,
             count: int | None = None) -> str:
@@ -270,7 +269,7 @@ class Reader:
                 if sum(int(loop.cons_arm(c)) for c in self._cctxs) == 0:
                     left = None if end is None else end - ev.time()
                     if left is not None and left <= 0:
-                        return self._empty_batch()
+                        return Batch(self, 0)
                     await self._readable(ev, left)
                 b = Reader.recv(self, timeout=0)
                 if len(b) or self.daemon_gone:
@@ -310,9 +309,6 @@ class Reader:
                 and fut.result() == self._lifeline:
             for ctl in self._ctls:
                 ctl[loop.K_GONE] = 1            # the daemon never writes after its reply
-
-    def _empty_batch(self) -> Batch:
-        return Batch(self, 0)
 
     async def __aiter__(self) -> AsyncIterator[Batch]:
         """`async for batch in consumer`: batches until the daemon goes away."""

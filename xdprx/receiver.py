@@ -247,8 +247,9 @@ class Receiver:
         self._gen = self.hub.generation
         self._ctx = self._make_context()
         self._ticks_reset()
+        # what K_SELF_REF holds (1: recv(), 0: pump()), and so which of the two
+        # may take its timeout=0 fast path; -1: neither (serving, closed, unknown)
         self._self_ref = 0
-        self._poll = -1     # 1: recv(timeout=0) may take the fast path, 0: pump(timeout=0)
         self._empty = Batch(self, 0)
 
     def _close_lanes(self) -> None:
@@ -555,7 +556,7 @@ class Receiver:
                 raise XdprxError("a receive loop already runs", E.EBUSY,
                                  "one serve()/run() per Receiver")
             self._serving = threading.get_ident()
-            self._poll = -1
+            self._self_ref = -1
             self._served.clear()
         why = "stop"
         try:
@@ -586,7 +587,6 @@ class Receiver:
                 self._serving = None
                 self._ctl[loop.K_STOP] = 0
                 self._self_ref = -1            # recv() sets K_SELF_REF again
-                self._poll = -1
             with self._lock:
                 self._run_ops()
             self._served.set()
@@ -630,7 +630,6 @@ class Receiver:
                     self._recv_slow_path()
                 if self._self_ref != self_ref:
                     self._ctl[loop.K_SELF_REF] = self._self_ref = self_ref
-                self._poll = self_ref          # open, not serving: recv()/pump()'s fast path
                 n = self._rx_recv(self._ctx, tns)
                 if n >= loop.TICK_DUE or n == -2:
                     self._ticks()
@@ -655,7 +654,7 @@ class Receiver:
             return self._recv_many(1, timeout)
         if timeout == 0 and self._lock.acquire(False):   # the polling fast path
             try:                # (a lock costs 0.2-0.6 us on the VM: one, not a `with`)
-                if self._poll == 1 and not self._ops:
+                if self._self_ref == 1 and not self._ops:
                     n = self._rx_recv(self._ctx, 0)
                     if n < TICK_DUE:
                         return Batch(self, n) if n else self._empty
@@ -674,7 +673,7 @@ class Receiver:
             return self._recv_many(0, timeout)
         if timeout == 0 and self._lock.acquire(False):   # as in recv()
             try:
-                if self._poll == 0 and not self._ops:
+                if self._self_ref == 0 and not self._ops:
                     n = self._rx_recv(self._ctx, 0)
                     if n < TICK_DUE:
                         return n
@@ -853,7 +852,7 @@ class Receiver:
             self._served.wait(timeout=30)
         self._release_held()
         with self._lock:
-            self._poll = -1
+            self._self_ref = -1
             self.hub.close()   # consumers are told; their frames come back
             self._refresh_context()
         try:
