@@ -34,6 +34,10 @@ from serve import percentiles
 from xdprx.testing import VethPair
 
 RX_CPU, GEN_CPU = "1", "0"
+# NAPI deferral in placement B, for every contender alike (0: off): veth runs
+# NAPI per queued packet, a NIC per interrupt with its rx-usecs moderation; a
+# poll that did work re-arms a timer of this many us instead (napi.py)
+NAPI_DEFER_US = 100
 GRACE = 0.05      # s after the last send by which a delivery must have happened
 SETTLE = 0.2      # s to let the previous probe's leftovers drain before a baseline
 LOSS = 0.01
@@ -45,13 +49,20 @@ def napi_threads(ifname: str) -> list[int]:
             if c.strip().startswith(f"napi/{ifname}-")]
 
 
+def _deferral(pair: VethPair, usecs: int) -> str:
+    """Shell: the device's NAPI deferral (every NAPI instance, and new ones)."""
+    d = f"/sys/class/net/{pair.rx_if}"
+    return (f"echo {2 if usecs else 0} > {d}/napi_defer_hard_irqs && "
+            f"echo {usecs * 1000} > {d}/gro_flush_timeout; ")
+
+
 def placement_a(pair: VethPair) -> None:
     """NAPI back in softirq context on the sending CPU (threaded off): undoes
     placement_b, which outlives the contender that asked for it (the flag
     belongs to the device), so that an A contender after a B one is placed
     as A says."""
     r = subprocess.run(["ip", "netns", "exec", pair.ns["rx"], "sh", "-c",
-                        f"echo 0 > /sys/class/net/{pair.rx_if}/threaded; "
+                        f"echo 0 > /sys/class/net/{pair.rx_if}/threaded; " + _deferral(pair, 0) +
                         f"cat /sys/class/net/{pair.rx_if}/threaded"],
                        capture_output=True, text=True)
     if r.stdout.strip() != "0":
@@ -63,8 +74,8 @@ def placement_b(pair: VethPair) -> list[int]:
     the contender attached its XDP program (that makes the kthreads)."""
     # `ip netns exec` mounts the namespace's own /sys: /sys/class/net shows its devices
     r = subprocess.run(["ip", "netns", "exec", pair.ns["rx"], "sh", "-c",
-                        f"echo 1 > /sys/class/net/{pair.rx_if}/threaded"],
-                       capture_output=True, text=True)
+                        f"echo 1 > /sys/class/net/{pair.rx_if}/threaded && "
+                        + _deferral(pair, NAPI_DEFER_US)], capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"threaded NAPI on {pair.rx_if}: {r.stderr.strip()}")
     pids = []

@@ -258,7 +258,9 @@ def markdown(report: dict) -> str:
              f"consumer. Wall time {report['wall_seconds']} s.", "",
              "Placement **A**: generator and veth's receive-side kernel work on CPU 0, the "
              "contender alone on CPU 1. Placement **B**: all receive work (NAPI kthread and "
-             "contender) on CPU 1, the generator on CPU 0.", "",
+             "contender) on CPU 1, the generator on CPU 0; NAPI deferral "
+             f"{report.get('napi_defer_us', 0)} us for every contender alike (0: off, a NAPI "
+             "run per packet).", "",
              f"## Saturation (live-frames generator, ~20 Mpps offered), median of "
              f"{report['reps']} x {report['seconds']} s", "",
              "| placement, contender | median | min-max | unit | contender CPU ns per "
@@ -455,6 +457,7 @@ def run(quick: bool = False, out: str | None = None, reps: int | None = None,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "reps": reps,
               "seconds": seconds, "probe_seconds": probe_s, "latency_rate": lat_rate,
               "loss_threshold": lossfree.LOSS, "grace_seconds": lossfree.GRACE,
+              "napi_defer_us": lossfree.NAPI_DEFER_US,
               "ns": list(ns), "wall_seconds": None, "summary": summarize(runs), "lossfree": lf,
               "runs": runs, "lossfree_runs": raw_b, "procfan": pf, "calls": cc, "queues": mq}
     report["targets"] = targets(report["summary"], lf, ns, pf, cc, mq)
@@ -474,7 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="report directory (default benchmarks/out/report)")
     ap.add_argument("--reps", type=int, help="runs per figure (default 3; quick 1)")
     ap.add_argument("--seconds", type=float, help="seconds per saturation run (default 3)")
+    ap.add_argument("--napi-defer-us", type=int, default=lossfree.NAPI_DEFER_US,
+                    help="NAPI deferral in placement B, every contender alike "
+                         f"(default {lossfree.NAPI_DEFER_US}; 0: off, a NAPI run per packet)")
     a = ap.parse_args(argv)
+    lossfree.NAPI_DEFER_US = a.napi_defer_us
     run(a.quick, a.out, a.reps, a.seconds, argv)
     return 0
 

@@ -35,7 +35,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import bulk, context, fanout, jit, loop
-from .kernel import libc, native
+from .kernel import libc, napi, native
 from .batch import Batch
 from .kernel.bpfprog import XdpProgram
 from .consumer import Consumer
@@ -80,7 +80,8 @@ class Receiver:
                  numa_window: int = 4, numa_every: int = 64,
                  wake_batch: int | None = None, wake_usecs: int | None = None,
                  queues: "str | int | Iterable[int] | None" = None,
-                 cpus: "str | Iterable[int] | None" = None) -> None:
+                 cpus: "str | Iterable[int] | None" = None,
+                 napi_defer_us: int | None = None) -> None:
         self.groups = parse_groups(groups)
         # set_groups(): removed groups keep their index (subscription ids never
         # change), listed here; the table and self.groups only grow
@@ -110,6 +111,9 @@ class Receiver:
             raise ConfigError(f"rx_usecs {rx_usecs} out of range",
                               remedy="use 0 (a wake-up per packet) .. 10000")
         self.rx_usecs = rx_usecs
+        if napi_defer_us is not None:
+            napi.check_usecs(napi_defer_us)
+        self.napi_defer_us = napi_defer_us
         if not 1 <= refill_min <= min(frames, 4096):
             raise ConfigError(f"refill batch {refill_min} out of range",
                               remedy=f"use 1..{min(frames, 4096)} (16 is the measured default)")
@@ -141,6 +145,8 @@ class Receiver:
             self._open_queue()
             self.mode = self.prog.attach(ifname, self.ifindex, mode)
             self._stack.callback(self.prog.detach)
+            if napi_defer_us:   # the NAPI instances exist once XDP is attached (veth)
+                self._stack.callback(napi.Deferral(ifname, self.ifindex, napi_defer_us).restore)
             for k in range(1, len(self.queues)):
                 self.lanes.append(Receiver._queue_of(self, k))
             # LIFO: the other queues' sockets close before the UMEM they share

@@ -69,7 +69,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                   topology=Topology(a.numa_sysfs), spin=a.spin,
                   **({} if a.rx_usecs is None else {"rx_usecs": a.rx_usecs}),
                   wake_batch=a.wake_batch,
-                  wake_usecs=a.wake_usecs)
+                  wake_usecs=a.wake_usecs, napi_defer_us=a.napi_defer_us)
     try:
         reread = None
         if a.config:
@@ -198,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="receive moderation, like a NIC's rx-usecs: while packets come less "
                         "than 2 x US apart, take them in batches US apart (default 20; "
                         "0: a wake-up per packet, the lowest latency)")
+    r.add_argument("--napi-defer-us", type=int, default=None, metavar="US",
+                   help="NAPI deferral on the interface while running (Linux 6.13+): the "
+                        "kernel's receive work runs once per US while traffic flows instead "
+                        "of per interrupt (veth: per packet); restored at exit. 50-100 when "
+                        "many consumers share the receive core (README, Tuning)")
     r.add_argument("--wake-batch", type=int, default=None, metavar="N",
                    help="wake a sleeping subscriber once N packets wait for it (default 64; "
                         "a subscriber may ask for its own)")
