@@ -182,7 +182,7 @@ def read_batch(prod, slots, local, umem, shift, max_n, next_seq, counts,
         if i + PF_DESC < n:
             prefetch(umem, slots[(local[1] + i + PF_DESC) & mask], 0)
         base = slots[(local[1] + i) & mask]
-        if (base >> shift) >= nframes:
+        if np.int64(base >> shift) >= nframes:   # (uint64 vs int64 would compare as floats)
             counts[3] += 1  # cannot happen with an honest producer; never read it
             continue
         w = base >> 2
@@ -227,24 +227,36 @@ def cring_release(cons, local, n):
 
 
 @inline
-def arm(waiting, prod, local, group):
-    """Before sleeping: announce it (waiting[0] = this sleep's number, from
-    the counter in waiting[1]; waiting[2] = @group, the sleep set's token,
-    published with it), then look once more. The fence orders our
-    `waiting` store before the prod load; the receive loop does the mirror
-    image (prod store, fence, waiting load), so one of the two sides sees the
-    other and no wake-up is lost. Both `waiting` accesses are atomic
-    so that the fences order them in the memory model, not by accident.
-    Returns entries available (0: go to sleep)."""
+def announce(waiting, group):
+    """arm()'s first half: waiting[0] = this sleep's number (from the counter
+    in waiting[1]); waiting[2] = @group, the sleep set's token, published with
+    it. A fence must follow before look()."""
     k = waiting[1] + np.uint32(1)
     if k == 0:
         k = np.uint32(1)
     waiting[1] = k
     store_relaxed(waiting[2:], group)
     store_release(waiting, k)
-    fence_seq_cst()
+
+
+@inline
+def look(prod, local):
+    """arm()'s second half, after the fence: entries available (0: sleep)."""
     local[0] = load_acquire(prod)
-    avail = (local[0] - local[1]) & U32
+    return (local[0] - local[1]) & U32
+
+
+@inline
+def arm(waiting, prod, local, group):
+    """Before sleeping: announce it, then look once more. The fence orders our
+    `waiting` store before the prod load; the receive loop does the mirror
+    image (prod store, fence, waiting load), so one of the two sides sees the
+    other and no wake-up is lost. Both `waiting` accesses are atomic
+    so that the fences order them in the memory model, not by accident.
+    Returns entries available (0: go to sleep)."""
+    announce(waiting, group)
+    fence_seq_cst()
+    avail = look(prod, local)
     if avail:
         store_relaxed(waiting, 0)
     return avail

@@ -53,7 +53,7 @@ from numba import types
 
 from . import bulk, cring as CR
 from . import context as X
-from .atomics import load_acquire, load_relaxed, store_relaxed
+from .atomics import fence_seq_cst, load_acquire, load_relaxed, store_relaxed
 from .context import a1, a2, pool_of
 from .jit import inline, kernel
 from .kernel.libc import epoll_data, epoll_wait_ns, efd_write, getcpu, kick_rx, now_ns
@@ -460,8 +460,10 @@ def cons_recv(cctx, timeout_ns):
 
 @inline
 def cons_sleep_all(cctxs, gpfd, timeout_ns):
-    """cons_sleep for many rings at once: arm each (waiting = sleep number,
-    fence, look again); if all are still empty, one epoll wait on the set in
+    """cons_sleep for many rings at once: announce the sleep on each, one
+    fence for all (the store-load order arm() needs holds for every ring
+    announced before it), look again at each; if all are still empty, one
+    epoll wait on the set in
     @gpfd (every ring's eventfd, the lifelines) for up to @timeout_ns; a
     lifeline's EOF marks the rings whose pfd names it gone; disarm."""
     n = cctxs.shape[0]
@@ -471,9 +473,11 @@ def cons_sleep_all(cctxs, gpfd, timeout_ns):
     avail = 0
     group = np.uint32(gpfd[P_GROUP])
     for i in range(n):
+        CR.announce(a1(cctxs[i], X.C_WAITING, np.uint32), group)
+    fence_seq_cst()
+    for i in range(n):
         c = cctxs[i]
-        avail += CR.arm(a1(c, X.C_WAITING, np.uint32), a1(c, X.C_PROD, np.uint32),
-                        a1(c, X.C_LOCAL, np.int64), group)
+        avail += CR.look(a1(c, X.C_PROD, np.uint32), a1(c, X.C_LOCAL, np.int64))
     if avail == 0:
         k = epoll_wait_ns(fn, gpfd[P_EPFD], events, timeout_ns, scratch)
         for e in range(k):

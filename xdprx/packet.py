@@ -7,6 +7,8 @@ delivered.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .jit import inline
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
@@ -25,7 +27,7 @@ def ipv6_ext(nh):
 @inline
 def be16(b, i):
     """Big-endian u16 at b[i] (widened first: uint8 << 8 would overflow)."""
-    return (int(b[i]) << 8) | int(b[i + 1])
+    return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
 
 
 @inline
@@ -80,7 +82,7 @@ def parse_udp(b, p, end, g_addr, g_port):
     if et == ETH_P_IP:
         if end - p < 20 or (b[p] >> 4) != 4 or b[p + 9] != 17:
             return 0, 0, -1
-        ihl = (int(b[p]) & 15) * 4
+        ihl = (np.int64(b[p]) & 15) * 4
         tot = be16(b, p + 2)
         if ihl < 20 or tot < ihl or p + tot > end or (be16(b, p + 6) & 0x3FFF) != 0:
             return 0, 0, -1
