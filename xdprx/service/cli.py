@@ -164,7 +164,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                                  "and run xdprx bench there")
     argv = (["--quick"] if a.quick else []) + (["--out", a.out] if a.out else []) + \
         (["--reps", str(a.reps)] if a.reps else []) + \
-        (["--seconds", str(a.seconds)] if a.seconds else [])
+        (["--seconds", str(a.seconds)] if a.seconds else []) + \
+        ([] if a.napi_defer_us is None else ["--napi-defer-us", str(a.napi_defer_us)])
     return runpy.run_path(str(suite), run_name="xdprx_bench")["main"](argv)
 
 
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="report directory (default benchmarks/out/report)")
     b.add_argument("--reps", type=int, default=None, help="runs per figure (default 3)")
     b.add_argument("--seconds", type=float, default=None, help="seconds per run (default 5)")
+    b.add_argument("--napi-defer-us", type=int, default=None, metavar="US",
+                   help="NAPI deferral in placement B, every contender alike (default 100; 0: off)")
     b.set_defaults(fn=cmd_bench)
     st = sub.add_parser("stress", add_help=False,
                         help="checkers: ring stress (xsk, cring), parser fuzzing (fuzz), "
