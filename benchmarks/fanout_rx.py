@@ -4,7 +4,7 @@ on its own thread; xdprx.run_many: all N consumers on one other thread, one
 wake-up for all, GIL released); every consumer reads the first 64 bytes of
 every packet it gets.
 
-    fanout_rx.py [--rx-usecs US] [--batch B] IFNAME SECONDS N MODE
+    fanout_rx.py [--rx-usecs US] [--batch B] [--max-frames M] IFNAME SECONDS N MODE
 prints "ready", waits for the first packet, measures SECONDS, prints JSON.
 With SECONDS 0 it serves (serve.py) until stdin closes, with per-batch
 latency: each consumer's now - the send time of its batch's first packet."""
@@ -34,6 +34,10 @@ def main() -> None:
     if "--rx-usecs" in argv:           # else the Receiver's default
         i = argv.index("--rx-usecs")
         kw["rx_usecs"] = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
+    if "--max-frames" in argv:         # the pool's cap (default: frames, no growth)
+        i = argv.index("--max-frames")
+        kw["max_frames"] = int(argv[i + 1])
         argv = argv[:i] + argv[i + 2:]
     if "--batch" in argv:              # each consumer's batch size
         i = argv.index("--batch")

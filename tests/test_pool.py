@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from numba import njit
 
-from xdprx import bulk, fanout
+from xdprx import bulk
 from xdprx.errors import ConfigError
 from xdprx.umem import (ABSENT, FREE, P_AT_CAP, P_SPILLED, X_FOREIGN, X_SHIFT, FramePool, fill_get,
                         fill_get_foreign, grow, hold, short_of_ring_frames)
@@ -26,7 +26,6 @@ def _refill(pool, ring, start, n):
 @njit
 def _receive(pool, umem, frames, n, holders, out):
     """What rx_burst does to each received frame, descriptors aside."""
-    u32 = umem.view(np.uint32)
     shift = pool[5][X_SHIFT]
     for i in range(n):
         base = frames[i]
@@ -36,7 +35,7 @@ def _receive(pool, umem, frames, n, holders, out):
             sb = bulk.spill(pool, umem, base + 256, 64, base)
             if sb >= 0:
                 base = np.uint64(sb)
-        u32[(base >> 2) + fanout.W_REFCNT] = holders
+        pool[6][np.int64(base >> shift)] = holders
         out[i] = base
 
 
@@ -103,9 +102,8 @@ def test_any_interleaving_keeps_the_accounting(seq, cache, nodes):
         assert c["held"] == len(set(refs)) and c["fill"] == len(in_kernel)
         assert pool.total <= CAP * nodes
         assert (pool.state[[f >> 11 for f in refs]] != ABSENT).all()
-        u32 = umem.view(np.uint32)
         for f in set(refs):
-            assert u32[(f >> 2) + fanout.W_REFCNT] == refs.count(f), "refcount = holders"
+            assert pool.refs[f >> 11] == refs.count(f), "refcount = holders"
     # everyone lets go: every frame is FREE again
     bulk.release(np.array(refs + [0], np.uint64), len(refs), umem, pool.t, stats)
     pool.check(fill=len(in_kernel))

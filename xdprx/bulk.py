@@ -75,13 +75,12 @@ N_HUB = 8
 def unref(u32, base, pool):
     """Drop one reference to the frame at @base; the last one returns it to
     the pool. Returns 1 if the frame was not HELD (a bug, counted)."""
-    state = pool[4]
+    state, refs = pool[4], pool[6]
     f = np.int64(base >> pool[5][X_SHIFT])
-    w = (base >> 2) + F.W_REFCNT
-    if f >= state.shape[0] or state[f] != HELD or u32[w] == 0:
+    if f >= state.shape[0] or state[f] != HELD or refs[f] == 0:
         return 1
-    r = u32[w] - 1
-    u32[w] = r
+    r = refs[f] - 1
+    refs[f] = r
     if r == 0:
         frame_put(pool, f)
     return 0
@@ -321,7 +320,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
     through their rings. Returns the number of packets accepted."""
     u32 = umem.view(np.uint32)
     u64 = umem.view(np.uint64)
-    state = pool[4]
+    state, refs_of = pool[4], pool[6]
     shift = pool[5][X_SHIFT]
     rend = ring_end(pool)
     hub[H_NWAKE] = 0
@@ -363,7 +362,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
         off, plen, sub = parse_udp(umem, addr, addr + ln, g_addr, g_port)
         if sub < 0 or start < F.DESC_SIZE:
             stats[S_REJECTED] += 1
-            u32[(base >> 2) + F.W_REFCNT] = 1
+            refs_of[f] = 1
             unref(u32, base, pool)
             continue
         # consumers hold so many ring frames that FILL could run short: this
@@ -402,12 +401,15 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
             stats[S_OWN_BYTES] += plen
         nbytes += plen
         stats[S_PACKETS] += 1
+        # the live count in the pool's dense array; the descriptor keeps the
+        # count taken at delivery (for tools: it is on a line written anyway)
+        u32[w + F.W_REFCNT] = refs
         if refs == 0:
             stats[S_UNDELIVERED] += 1  # nobody wanted it: straight back
-            u32[w + F.W_REFCNT] = 1
+            refs_of[np.int64(base >> shift)] = 1
             unref(u32, base, pool)
         else:
-            u32[w + F.W_REFCNT] = refs
+            refs_of[np.int64(base >> shift)] = refs
     # 6. one release store for the whole batch, one per consumer ring
     cons_release(rx_cons, rx_local, n)
     publish(ctab, hub, wake, now_ns)

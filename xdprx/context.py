@@ -22,11 +22,11 @@ RX_FIELDS = ("rx_prod", "rx_cons", "rx_slots", "rx_local", "fill_prod", "fill_co
              "fill_slots", "fill_local", "fill_flags", "free", "spare", "cache", "meta",
              "state", "x", "umem", "g_addr", "g_port", "g_seq", "out_frame", "out_off",
              "out_len", "out_seq", "out_sub", "stats", "ctab", "sub_start", "sub_cons", "wake",
-             "hub", "ctl", "fn", "pfd", "scratch")
+             "hub", "ctl", "fn", "pfd", "scratch", "refs")
 (RX_PROD, RX_CONS, RX_SLOTS, RX_LOCAL, FILL_PROD, FILL_CONS, FILL_SLOTS, FILL_LOCAL, FILL_FLAGS,
  FREE, SPARE, CACHE, META, STATE, X, UMEM, G_ADDR, G_PORT, G_SEQ, OUT_FRAME, OUT_OFF, OUT_LEN,
  OUT_SEQ, OUT_SUB, STATS, CTAB, SUB_START, SUB_CONS, WAKE, HUB, CTL, FN, PFD,
- SCRATCH) = range(len(RX_FIELDS))
+ SCRATCH, REFS) = range(len(RX_FIELDS))
 
 # ---- one consumer: slot order of its context -------------------------------------
 CONS_FIELDS = ("prod", "slots", "local", "umem", "next_seq", "counts", "out_frame", "out_off",
@@ -65,4 +65,4 @@ def pool_of(ctx):
     x = a1(ctx, X, np.int64)
     return (a2(ctx, FREE, x[U.X_RING], np.uint64), a2(ctx, SPARE, x[U.X_SPARE_W], np.uint64),
             a2(ctx, CACHE, x[U.X_CACHE_W], np.uint64), a2(ctx, META, U.N_META, np.int64),
-            a1(ctx, STATE, np.uint8), x)
+            a1(ctx, STATE, np.uint8), x, a1(ctx, REFS, np.uint32))

@@ -9,7 +9,10 @@ frame reference, so the per-consumer cost is one ring slot, not a copy.
 
 Layout version 1 (little-endian, 48 bytes at frame offset 0):
     magic u16 = 0x7852 ('Rx')   version u8 = 1   flags u8
-    refcnt u32        consumers still holding the frame (receive loop writes)
+    refcnt u32        references taken at delivery (the live count, which
+                      falls as holders let go, is the pool's dense `refs`
+                      array: the receive thread's reap touches it per
+                      delivery, umem.py)
     pkt_off u32       frame offset of the Ethernet header
     pkt_len u32       bytes of the whole frame
     payload_off u32   frame offset of the first UDP payload byte

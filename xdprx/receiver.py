@@ -275,7 +275,8 @@ class Receiver:
             "out_seq": self._seq, "out_sub": self._sub, "stats": self.counters,
             "ctab": self.hub.ctab, "sub_start": self.hub.sub_start,
             "sub_cons": self.hub.sub_cons, "wake": self.hub.wake, "hub": self.hub.hub,
-            "ctl": self._ctl, "fn": libc.table(), "pfd": self._pfd, "scratch": self._scratch})
+            "ctl": self._ctl, "fn": libc.table(), "pfd": self._pfd, "scratch": self._scratch,
+            "refs": p.refs})
 
     # ---- consumers ----------------------------------------------------------
     def subscribe(self, groups: Iterable[str | Group] | str | Group | None = None,

@@ -15,8 +15,9 @@ Frame ownership (the state machine every kernel and test relies on)::
     HELD    peeked from RX (or a spare frame the packet was copied into, see
             below); owned by its r >= 1 holders: the application's Batch
             and/or the consumers whose rings hold a reference. r lives in the
-            frame's headroom descriptor (fanout.py). The last reference
-            dropped returns the frame to FREE.
+            pool's `refs` array, indexed like `state` (the headroom
+            descriptor's refcnt keeps the count taken at delivery, for
+            tools). The last reference dropped returns the frame to FREE.
 
 Only the receive thread moves frames and writes reference counts, so none of
 this needs atomics. Invariant, at every batch boundary (FramePool.census):
@@ -235,7 +236,7 @@ def _spare_get(np_, umem):
 
 
 # ---- pool-set kernels: what the receive loop, the sender and tests call -------
-# @pool is FramePool.t: (free, spare, cache, meta, state, x), one row of the
+# @pool is FramePool.t: (free, spare, cache, meta, state, x, refs), one row of the
 # 2-D arrays per node pool. A frame's node pool follows from its index (the
 # layout is in FramePool), so a frame always returns to the pool it came from.
 
@@ -479,6 +480,10 @@ class FramePool:
         self.meta = np.zeros((n, N_META), np.int64)
         self.span = span(frames, cap, npools)   # frame indices used on the UMEM
         self.state = np.full(self.span, ABSENT, np.uint8)
+        # reference counts of HELD frames, dense beside `state`: the reap step
+        # touches one per delivery, and a frame's headroom line per delivery
+        # (a different page every two frames) missed cache and TLB at rate
+        self.refs = np.zeros(self.span, np.uint32)
         self.x = np.zeros(N_X, np.int64)
         self.x[X_NODES], self.x[X_RING] = n, frames
         self.x[X_SHIFT], self.x[X_CACHE_W], self.x[X_SPARE_W] = self.shift, max(cache, 1), sw
@@ -500,7 +505,7 @@ class FramePool:
             m[P_RING_LO], m[P_SPARE_LO] = lo, npools * frames + (first + k) * cap
             m[P_NODE] = self.node_ids[k]
         self.nodes = [NodePool(self, k) for k in range(n)]
-        self.t = (self.free, self.spare, self.cache, self.meta, self.state, self.x)
+        self.t = (self.free, self.spare, self.cache, self.meta, self.state, self.x, self.refs)
 
     # ---- which node pool refills ----------------------------------------------
     @property

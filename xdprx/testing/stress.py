@@ -170,6 +170,7 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
                                           active_meta(pool))
             st[1] += missed
             u32[w + F.W_REFCNT] = refs
+            pool[6][np.int64(base >> shift)] = refs
         if k:
             hub[bulk.H_NWAKE] = 0           # no sleepers here: the consumer polls
             bulk.publish(ctab, hub, wake, 0)
