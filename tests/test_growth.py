@@ -112,6 +112,40 @@ def test_default_reserve_drops_at_the_holder_not_at_the_fill_ring(pair):
         assert hs["delivered"] == 2048 - RING // 4 and hs["delivered"] + hs["dropped"] == 3000
 
 
+def test_consumers_lagging_together_lose_nothing_while_the_pool_can_grow(pair):
+    """Four consumers of one feed hold the same frames. While the pool can
+    still grow they are not cut at a quarter of it each (the fair share is
+    for a pool at its cap): every packet reaches all four, the pool grows,
+    and every frame comes back when they have read."""
+    n = 2500
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP], mode="native", frames=RING, max_frames=CAP,
+                            chunk=CHUNK, hugepages="off")
+    with rx:
+        cons = [rx.subscribe(ring_size=4096, batch_size=512) for _ in range(4)]
+        s = pair.popen("tx", send_cmd(GROUP, n, seed=5, rate=20000))
+        pump_until(rx, lambda: s.poll() is not None, timeout=60)
+        assert s.wait(timeout=30) == 0
+        assert pump_until(rx, lambda: rx.counters[0] == n, timeout=5)
+        st = rx.stats()
+        assert st["drops"] == 0 and st["receiver"]["consumer_drops"] == 0
+        # the old fair share, (CAP - reserve) / 4 = 960 frames each, would have cut all four
+        assert st["frames"]["spilled"] > 0 and st["frames"]["total"] > RING, st["frames"]
+        expected = payloads(5, n)
+        for c in cons:
+            got: list[bytes] = []
+            while len(got) < n:
+                b = c.recv(timeout=1)
+                assert len(b), f"consumer stopped at {len(got)}"
+                got += [bytes(p.payload) for p in b]
+            assert got == expected and c.stats()["dropped"] == 0
+            c.recv(timeout=0)                    # lets go of the last batch
+        rx.pump(timeout=0)
+        fill = rx.umem.fill.occupancy()
+        rx.umem.pool.check(fill)
+        assert rx.umem.pool.census(fill)["held"] == 0
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(max_frames=1000), "power of two"), (dict(max_frames=512), ">= --frames"),
     (dict(reserve=RING), "reserve"), (dict(hugepages="maybe"), "hugepages"),
