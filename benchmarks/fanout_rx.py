@@ -4,13 +4,15 @@ on its own thread; xdprx.run_many: all N consumers on one other thread, one
 wake-up for all, GIL released); every consumer reads the first 64 bytes of
 every packet it gets.
 
-    fanout_rx.py [--rx-usecs US] [--batch B] [--max-frames M] IFNAME SECONDS N MODE
+    fanout_rx.py [--rx-usecs US] [--batch B] [--max-frames M] [--cons-nice N]
+                 IFNAME SECONDS N MODE
 prints "ready", waits for the first packet, measures SECONDS, prints JSON.
 With SECONDS 0 it serves (serve.py) until stdin closes, with per-batch
 latency: each consumer's now - the send time of its batch's first packet."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import threading
@@ -39,6 +41,11 @@ def main() -> None:
         i = argv.index("--max-frames")
         kw["max_frames"] = int(argv[i + 1])
         argv = argv[:i] + argv[i + 2:]
+    cons_nice = None
+    if "--cons-nice" in argv:          # the consumer thread's nice value (default: inherited, 0)
+        i = argv.index("--cons-nice")
+        cons_nice = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
     if "--batch" in argv:              # each consumer's batch size
         i = argv.index("--batch")
         batch = int(argv[i + 1])
@@ -51,8 +58,12 @@ def main() -> None:
         states[:] = one
         prepare(account_h)
         rx.start(nice=-10)
-        threads = [threading.Thread(target=xdprx.run_many, args=(cons, account_h, states),
-                                    daemon=True)]
+        def consume() -> None:
+            if cons_nice is not None:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), cons_nice)
+            xdprx.run_many(cons, account_h, states)
+
+        threads = [threading.Thread(target=consume, daemon=True)]
         for t in threads:
             t.start()
         print("ready", flush=True)
