@@ -39,6 +39,8 @@ def test_doctor_veth_json(pair):
     assert c["native XDP"]["status"] == "ok" and "redirect" in c["native XDP"]["detail"]
     assert c["zero-copy"]["status"] == "info" and "copy mode" in c["zero-copy"]["detail"]
     assert c["queues"]["detail"].startswith("1 rx, 1 tx")
+    assert c["NAPI deferral"]["status"] == "info"
+    assert c["NAPI deferral"]["detail"].startswith("no NAPI instance now"), c["NAPI deferral"]
     assert c["XDP program"] == {"name": "XDP program", "status": "ok", "detail": "none attached",
                                 "remedy": ""}
     assert c["NUMA node"]["detail"].startswith(("none", "unknown: /sys shows another"))

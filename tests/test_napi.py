@@ -2,6 +2,7 @@
 a real veth: set on the device's NAPI instances while receiving, every packet
 arrives, the old values come back at close; bad values fail before anything
 is attached."""
+import json
 import socket
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 import xdprx
 from xdprx.errors import ConfigError
 from xdprx.kernel import napi
-from xdprx.testing import DaemonProcess, VethPair, payloads, send_cmd
+from xdprx.testing import XDPRX, DaemonProcess, VethPair, payloads, send_cmd
 
 from conftest import needs_root
 from helpers import drain, xdp_attached
@@ -58,6 +59,10 @@ def test_daemon_sets_and_restores_deferral(pair, tmp_path):
     ctl = str(tmp_path / "xrx.sock")
     with DaemonProcess(pair, ctl, [GROUP], "--napi-defer-us", "40") as d:
         assert settings(pair) == [(napi.DEFER_HARD_IRQS, 40_000)]
+        doc = pair.run("rx", XDPRX + ["doctor", pair.rx_if, "--json"])
+        check = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}["NAPI deferral"]
+        assert check["detail"] == "defer-hard-irqs 2, gro-flush-timeout 40 us on 1 of 1 NAPI instance(s)"
         assert d.stop() == 0, d.err
+    assert "; NAPI deferral 40 us" in d.out.splitlines()[0], d.out[:400]
     assert all(s == (0, 0) for s in settings(pair))   # restored, or gone with XDP (veth)
     assert not xdp_attached(pair)

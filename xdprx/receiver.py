@@ -174,7 +174,8 @@ class Receiver:
         shared UMEM, its own pool, consumer table, NUMA policy and loop."""
         q = cls.__new__(cls)
         for name in ("groups", "_removed", "ifname", "ifindex", "queues", "cpus", "batch_size",
-                     "spin", "rx_usecs", "refill_min", "trim_after", "topology", "numa_every", "_hub_args",
+                     "spin", "rx_usecs", "napi_defer_us", "refill_min", "trim_after", "topology", "numa_every",
+                     "_hub_args",
                      "_numa_args", "_rx_size", "_copy", "prog", "umem", "mode"):
             setattr(q, name, getattr(first, name))
         q.queue, q.lane, q.lanes = first.queues[k], k, [q]
@@ -839,7 +840,8 @@ class Receiver:
                 f"{'zero-copy' if self.zerocopy else 'copy'} mode, {self.umem.frames} frames "
                 f"(cap {self.umem.max_frames}) of {self.umem.frame_size} B"
                 f"{' per queue' if len(self.queues) > 1 else ''} on {self.umem.pages}, "
-                f"groups {', '.join(map(str, self.live_groups()))}; {self._numa_line()}")
+                f"groups {', '.join(map(str, self.live_groups()))}; {self._numa_line()}"
+                + (f"; NAPI deferral {self.napi_defer_us} us" if self.napi_defer_us else ""))
 
     def _numa_line(self) -> str:
         if self.policy is None:

@@ -281,6 +281,28 @@ def sysfs_dir(ifname: str, ifindex: int) -> Path | None:
     return d if _read(d / "ifindex") == str(ifindex) else None
 
 
+def check_napi(ifindex: int) -> Check:
+    """The interface's NAPI deferral (kernel/napi.py), per NAPI instance."""
+    from ..kernel import napi
+    hint = "many consumers sharing the receive core: xdprx run --napi-defer-us 100 (README, Tuning)"
+    try:
+        found = napi.napis(ifindex)
+    except Exception:
+        return Check("NAPI deferral", INFO, "unknown: no NAPI listing in the netdev netlink "
+                     "family (an older kernel)", "")
+    if not found:
+        return Check("NAPI deferral", INFO, "no NAPI instance now (veth has them only while an "
+                     "XDP program is attached or GRO is on)", "")
+    on = sorted({(n["defer_hard_irqs"], n["gro_flush_timeout"]) for n in found
+                 if n["defer_hard_irqs"] and n["gro_flush_timeout"]})
+    if not on:
+        return Check("NAPI deferral", INFO, f"off on {len(found)} NAPI instance(s)", hint)
+    return Check("NAPI deferral", INFO, ", ".join(
+        f"defer-hard-irqs {d}, gro-flush-timeout {t // 1000} us" for d, t in on)
+        + f" on {sum(1 for n in found if n['defer_hard_irqs'] and n['gro_flush_timeout'])}"
+          f" of {len(found)} NAPI instance(s)", "")
+
+
 def check_interface(ifname: str, groups: list[str]) -> list[Check]:
     ln = link_info(ifname)
     up, idx = ln["up"], ln["index"]
@@ -303,6 +325,7 @@ def check_interface(ifname: str, groups: list[str]) -> list[Check]:
         out.append(Check("zero-copy", OK if zc else INFO, "AF_XDP zero-copy supported" if zc else
                          f"not supported by {drv}: AF_XDP copy mode (one copy per packet)"))
     out.append(Check("queues", INFO, f"{ln['rxq']} rx, {ln['txq']} tx (xdprx run receives from all; --queues to choose)"))
+    out.append(check_napi(idx))
     prog = attached_xdp(ifname)
     if prog is None:
         out.append(Check("XDP program", OK, "none attached"))
