@@ -404,12 +404,10 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
         # the live count in the pool's dense array; the descriptor keeps the
         # count taken at delivery (for tools: it is on a line written anyway)
         u32[w + F.W_REFCNT] = refs
+        refs_of[np.int64(base >> shift)] = max(refs, 1)
         if refs == 0:
             stats[S_UNDELIVERED] += 1  # nobody wanted it: straight back
-            refs_of[np.int64(base >> shift)] = 1
             unref(u32, base, pool)
-        else:
-            refs_of[np.int64(base >> shift)] = refs
     # 6. one release store for the whole batch, one per consumer ring
     cons_release(rx_cons, rx_local, n)
     publish(ctab, hub, wake, now_ns)

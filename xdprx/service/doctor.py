@@ -293,14 +293,13 @@ def check_napi(ifindex: int) -> Check:
     if not found:
         return Check("NAPI deferral", INFO, "no NAPI instance now (veth has them only while an "
                      "XDP program is attached or GRO is on)", "")
-    on = sorted({(n["defer_hard_irqs"], n["gro_flush_timeout"]) for n in found
-                 if n["defer_hard_irqs"] and n["gro_flush_timeout"]})
-    if not on:
+    live = [n for n in found if n["defer_hard_irqs"] and n["gro_flush_timeout"]]
+    if not live:
         return Check("NAPI deferral", INFO, f"off on {len(found)} NAPI instance(s)", hint)
+    kinds = sorted({(n["defer_hard_irqs"], n["gro_flush_timeout"]) for n in live})
     return Check("NAPI deferral", INFO, ", ".join(
-        f"defer-hard-irqs {d}, gro-flush-timeout {t // 1000} us" for d, t in on)
-        + f" on {sum(1 for n in found if n['defer_hard_irqs'] and n['gro_flush_timeout'])}"
-          f" of {len(found)} NAPI instance(s)", "")
+        f"defer-hard-irqs {d}, gro-flush-timeout {t // 1000} us" for d, t in kinds)
+        + f" on {len(live)} of {len(found)} NAPI instance(s)", "")
 
 
 def check_interface(ifname: str, groups: list[str]) -> list[Check]:
