@@ -166,12 +166,19 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
             u64[(base >> 3) + F.Q_SEQ] = seq
             for j in range(WORDS):
                 u64[((base + 256) >> 3) + j] = seq
-            refs, missed = bulk.fan_out(ctab, sub_start, sub_cons, 0, base, seq, hub,
-                                          active_meta(pool))
-            st[1] += missed
-            u32[w + F.W_REFCNT] = refs
-            pool[6][np.int64(base >> shift)] = refs
+            pool[6][np.int64(base >> shift)] = 0
         if k:
+            full, taken, missed = bulk.fan_out(ctab, sub_start, sub_cons, 0, tmp, 0, k,
+                                               st[0] + k - 1, hub, active_meta(pool), pool[6],
+                                               shift)
+            st[1] += missed
+            for i in range(k):
+                f = np.int64(tmp[i] >> shift)
+                pool[6][f] += full
+                u32[(tmp[i] >> 2) + F.W_REFCNT] = pool[6][f]
+                if pool[6][f] == 0:        # missed: straight back
+                    pool[6][f] = 1
+                    bulk.unref(u32, tmp[i], pool)
             hub[bulk.H_NWAKE] = 0           # no sleepers here: the consumer polls
             bulk.publish(ctab, hub, wake, 0)
             st[0] += k
