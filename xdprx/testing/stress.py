@@ -151,7 +151,7 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
     u64 = umem.view(np.uint64)
     shift = pool[5][X_SHIFT]
     for _ in range(budget):
-        st[2] += bulk.reap(ctab, u32, pool, hub)
+        st[2] += bulk.reap(ctab, pool, hub)
         room = ctab[0, bulk.C_QUOTA] - ((ctab[0, bulk.C_PROD] - ctab[0, bulk.C_REAPED]) & U32)
         k = fill_get(pool, tmp, 0, min(batch, room, count - st[0]))
         for i in range(k):
@@ -178,7 +178,7 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
                 u32[(tmp[i] >> 2) + F.W_REFCNT] = pool[6][f]
                 if pool[6][f] == 0:        # missed: straight back
                     pool[6][f] = 1
-                    bulk.unref(u32, tmp[i], pool)
+                    bulk.unref(tmp[i], pool)
             hub[bulk.H_NWAKE] = 0           # no sleepers here: the consumer polls
             bulk.publish(ctab, hub, wake, 0)
             st[0] += k
