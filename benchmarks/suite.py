@@ -27,6 +27,8 @@ Separate processes, oversubscribed (procfan.py): `xdprx run` + 16 Subscriber
 processes against 16 kernel sockets, the AF_PACKET generator flat out on CPU 0;
 user space all on CPU 1 ("shared"), or the daemon on CPU 0 ("daemon-core").
 Call costs (calls.py): an empty recv(timeout=0) of each API.
+The floor under (e) across processes (wakefloor.py, c/wakefan.c): N bare C
+processes on one CPU woken per batch, with no packets at all.
 Multi-queue (queues.py): 1 vs 2 RX queues, xdprx against the C loop of the
 same design (c/mqrx.c), live-frames generator on each queue's CPU; and the
 per-queue loops' scaling in memory (queues_loop.py).
@@ -59,6 +61,7 @@ import calls  # noqa: E402
 import lossfree  # noqa: E402
 import procfan  # noqa: E402
 import queues  # noqa: E402
+import wakefloor  # noqa: E402
 from bench import OUT, _cpu_model, build, measure, run_paced  # noqa: E402
 from fanout import run_one  # noqa: E402
 
@@ -159,7 +162,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 
 def targets(s: dict, b: dict, ns: tuple[int, ...], pf: dict | None = None,
-            cc: dict | None = None, mq: dict | None = None) -> list[dict]:
+            cc: dict | None = None, mq: dict | None = None,
+            wf: dict | None = None) -> list[dict]:
     """The project's targets, met or not and by how much, from this run."""
     def ratio(x, y) -> float | None:
         return x / y if x is not None and y else None
@@ -229,6 +233,19 @@ def targets(s: dict, b: dict, ns: tuple[int, ...], pf: dict | None = None,
                                + ("" if who.startswith("xdprx") else " (for comparison)"),
                      "value": ratio(z.get("latency_p99_us"), a.get("latency_p99_us")),
                      "goal": GOALS["latency_p99"], "higher_is_better": False})
+    if wf:
+        # what the OS alone costs: bare C processes woken per batch (wakefloor.py)
+        p1 = b.get(f"B xdprx-proc/{lo}", {}).get("latency_p99_us")
+        rows += [{"target": f"the floor: {hi} bare C processes on one CPU woken per batch "
+                            f"(c/wakefan.c), p99 N={hi} / N={lo}, best of "
+                            f"{len(wf['variants'])} variants (for comparison)",
+                  "value": wf["best_ratio"], "goal": GOALS["latency_p99"],
+                  "higher_is_better": False},
+                 {"target": f"xdprx-proc: the best p99 N={hi} / N={lo} any design that wakes each "
+                            f"process could reach here: (N={lo} p99 + the floor's least added "
+                            f"p99, {wf['least_added_us']:.0f} us) / N={lo} p99",
+                  "value": ratio(p1 + wf["least_added_us"], p1) if p1 else None,
+                  "goal": GOALS["latency_p99"], "higher_is_better": False}]
     for r in rows:
         v = r["value"]
         r["met"] = None if v is None else bool(v >= r["goal"] if r["higher_is_better"]
@@ -295,6 +312,8 @@ def markdown(report: dict) -> str:
         for k, v in pf["median_deliveries_per_s"].items():
             runs = ", ".join(f"{r['deliveries_per_s'] / 1e6:.3f}" for r in pf["runs"][k])
             lines.append(f"| {k} | {v / 1e6:.3f} | {runs} |")
+    if report.get("wakefloor"):
+        lines += wakefloor.markdown(report["wakefloor"])
     cc = report.get("calls")
     if cc:
         lines += ["", "## An empty recv(timeout=0), pinned to CPU 1 (us per call)", "",
@@ -438,6 +457,7 @@ def run(quick: bool = False, out: str | None = None, reps: int | None = None,
                       f"p50/p99/p99.9 {sm['latency_p50_us']}/{sm['latency_p99_us']}/"
                       f"{sm['latency_p99.9_us']} us", flush=True)
     pf = procfan.run(16, seconds, reps)
+    wf = wakefloor.run(ns, reps, 1.0 if quick else 2.0, lat_rate)
     mq = queues.run(seconds, reps, quick)
     for v in mq["runs"].values():
         for r in v:
@@ -459,8 +479,9 @@ def run(quick: bool = False, out: str | None = None, reps: int | None = None,
               "loss_threshold": lossfree.LOSS, "grace_seconds": lossfree.GRACE,
               "napi_defer_us": lossfree.NAPI_DEFER_US,
               "ns": list(ns), "wall_seconds": None, "summary": summarize(runs), "lossfree": lf,
-              "runs": runs, "lossfree_runs": raw_b, "procfan": pf, "calls": cc, "queues": mq}
-    report["targets"] = targets(report["summary"], lf, ns, pf, cc, mq)
+              "runs": runs, "lossfree_runs": raw_b, "procfan": pf, "calls": cc, "queues": mq,
+              "wakefloor": wf}
+    report["targets"] = targets(report["summary"], lf, ns, pf, cc, mq, wf)
     report["plots"] = plots(report, outdir)
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
     (outdir / "report.json").write_text(json.dumps(report, indent=2))

@@ -52,6 +52,14 @@ def test_bench_quick_writes_a_well_formed_report(pair, tmp_path):
             assert r["packets"] > 0 and len(r["per_queue"]) == n and all(r["per_queue"]), (k, r)
     assert mq["in_memory"]["pps_median"]["2"] > 0 and "## Multi-queue" in \
         (out / "report.md").read_text()
+    wf = rep["wakefloor"]             # the floor under (e): bare C processes woken per batch
+    assert set(wf["variants"]) == {"prod0/eventfd", "prod0/futex", "prod1/eventfd", "prod1/futex"}
+    for k, runs in wf["runs"].items():
+        n = int(k.rsplit("/", 1)[1])
+        for r in runs:
+            assert r["sent"] > 0 and r["batches"] >= n and r["lagged"] == 0, (k, r)
+            assert 0 < r["p50"] <= r["p99"], (k, r)
+    assert "## The floor under (e)" in (out / "report.md").read_text()
     for t in rep["targets"]:
         assert t["met"] in (True, False, None) and t["target"]
         assert (t["value"] is None) == (t["met"] is None)
