@@ -164,7 +164,7 @@ def test_a_packet_nobody_subscribed_to_goes_straight_back_and_the_callers_batch_
         if self_ref:
             assert [int(x) for x in loop.out[3][:3]] == [0, 0, 1]
             assert [int(x) for x in loop.out[4][:3]] == [0, 1, 0]
-            bulk.release(loop.out[0], 3, loop.umem, loop.pool.t, st)
+            bulk.release(loop.out[0], 3, loop.pool.t, st)
         assert [(g, s) for g, s, _ in read_all(loop, e)] == [(1, 0)]
         loop.burst()
         assert st[bulk.S_VIOLATIONS] == 0 and (loop.pool.t[4] != HELD).all()

@@ -85,7 +85,7 @@ def test_any_interleaving_keeps_the_accounting(seq, cache, nodes):
             refs = got * holders + refs   # holders let go in an interleaved order
         elif op == "put":
             give, refs = refs[:n], refs[n:]
-            assert bulk.release(np.array(give + [0], np.uint64), len(give), umem,
+            assert bulk.release(np.array(give + [0], np.uint64), len(give),
                                 pool.t, stats) == 0
         elif op == "grow":       # grows the active node's pool
             k = pool.active_index
@@ -105,7 +105,7 @@ def test_any_interleaving_keeps_the_accounting(seq, cache, nodes):
         for f in set(refs):
             assert pool.refs[f >> 11] == refs.count(f), "refcount = holders"
     # everyone lets go: every frame is FREE again
-    bulk.release(np.array(refs + [0], np.uint64), len(refs), umem, pool.t, stats)
+    bulk.release(np.array(refs + [0], np.uint64), len(refs), pool.t, stats)
     pool.check(fill=len(in_kernel))
     assert pool.census(len(in_kernel))["held"] == 0
 
@@ -136,8 +136,7 @@ def test_holding_everything_grows_exactly_to_the_cap_then_stops_copying():
 def test_release_of_a_frame_not_held_is_refused_and_counted():
     pool = FramePool(8, FS)
     stats = np.zeros(bulk.N_STATS, np.int64)
-    bad = bulk.release(np.array([0, 2048, 9 * 2048], np.uint64), 3,
-                       np.zeros(8 * FS, np.uint8), pool.t, stats)
+    bad = bulk.release(np.array([0, 2048, 9 * 2048], np.uint64), 3, pool.t, stats)
     assert bad == 3 and stats[bulk.S_VIOLATIONS] == 3
     pool.check()  # nothing was pushed twice
     assert (pool.state == FREE).all()

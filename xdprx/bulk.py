@@ -127,6 +127,28 @@ def reap(ctab, pool, hub):
 
 # ---- fan-out ------------------------------------------------------------------
 @inline
+def settle(frames, i0, i1, full, u32, pool, shift):
+    """After fan_out: each frame of frames[i0:i1] counts its references
+    (those the partial takers added to its count, plus @full) in the pool's
+    dense array; the descriptor keeps the count taken at delivery (for tools:
+    its line is still hot). A frame nobody took goes straight back. Returns
+    how many did."""
+    refs_of = pool[6]
+    back = 0
+    for i in range(i0, i1):
+        base = frames[i]
+        f = np.int64(base >> shift)
+        refs = refs_of[f] + full
+        u32[(base >> 2) + F.W_REFCNT] = refs
+        refs_of[f] = max(refs, 1)
+        if refs == 0:
+            back += 1
+            unref(base, pool)
+    return back
+
+
+
+@inline
 def fan_out(ctab, sub_start, sub_cons, sub, frames, i0, i1, last_seq, hub, meta,
             refs_of, shift):
     """Offer frames[i0:i1], consecutive packets of subscription @sub (the last
@@ -425,17 +447,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
                                       out_seq[i1 - 1], hub, meta, refs_of, shift)
         stats[S_DELIVERIES] += taken
         stats[S_CONSUMER_DROPS] += missed
-        for i in range(i0, i1):
-            base = out_frame[i]
-            f = np.int64(base >> shift)
-            refs = refs_of[f] + full
-            # the live count in the pool's dense array; the descriptor keeps
-            # the count taken at delivery (for tools: its line is still hot)
-            u32[(base >> 2) + F.W_REFCNT] = refs
-            refs_of[f] = max(refs, 1)
-            if refs == 0:
-                stats[S_UNDELIVERED] += 1  # nobody wanted it: straight back
-                unref(base, pool)
+        stats[S_UNDELIVERED] += settle(out_frame, i0, i1, full, u32, pool, shift)
         i0 = i1
     # 6. one release store for the whole batch, one per consumer ring
     cons_release(rx_cons, rx_local, n)
@@ -446,7 +458,7 @@ def rx_burst(rx_prod, rx_cons, rx_slots, rx_local,
 
 
 @kernel
-def release(frames, n, umem, pool, stats):
+def release(frames, n, pool, stats):
     """The application's batch drops its reference to @n frames (bulk)."""
     bad = 0
     for i in range(n):
@@ -457,7 +469,7 @@ def release(frames, n, umem, pool, stats):
 
 
 @kernel
-def reclaim(ctab, c, umem, pool, stats, hub):
+def reclaim(ctab, c, pool, stats, hub):
     """Consumer @c is gone: drop every reference it still holds, deactivate it.
     Returns how many references were dropped."""
     if ctab[c, C_ACTIVE] == 0:

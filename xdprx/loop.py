@@ -286,8 +286,7 @@ def rx_loop(ctx, umem_ro, handler, state):
 
 @inline
 def rx_release_n(ctx, n):
-    bulk.release(a1(ctx, X.OUT_FRAME, np.uint64), n, a1(ctx, X.UMEM, np.uint8), pool_of(ctx),
-                 a1(ctx, X.STATS, np.int64))
+    bulk.release(a1(ctx, X.OUT_FRAME, np.uint64), n, pool_of(ctx), a1(ctx, X.STATS, np.int64))
 
 
 @kernel
@@ -332,8 +331,8 @@ def rx_recv(ctx, timeout_ns):
 def rx_reclaim(ctx, c):
     """bulk.reclaim of consumer @c."""
     return bulk.reclaim(
-        a2(ctx, X.CTAB, bulk.NCOL, np.int64), c, a1(ctx, X.UMEM, np.uint8), pool_of(ctx),
-        a1(ctx, X.STATS, np.int64), a1(ctx, X.HUB, np.int64))
+        a2(ctx, X.CTAB, bulk.NCOL, np.int64), c, pool_of(ctx), a1(ctx, X.STATS, np.int64),
+        a1(ctx, X.HUB, np.int64))
 
 
 @kernel

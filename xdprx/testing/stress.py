@@ -172,13 +172,7 @@ def cring_produce(ctab, umem, pool, hub, sub_start, sub_cons, wake, tmp, st, cou
                                                st[0] + k - 1, hub, active_meta(pool), pool[6],
                                                shift)
             st[1] += missed
-            for i in range(k):
-                f = np.int64(tmp[i] >> shift)
-                pool[6][f] += full
-                u32[(tmp[i] >> 2) + F.W_REFCNT] = pool[6][f]
-                if pool[6][f] == 0:        # missed: straight back
-                    pool[6][f] = 1
-                    bulk.unref(tmp[i], pool)
+            bulk.settle(tmp, 0, k, full, u32, pool, shift)   # missed: straight back
             hub[bulk.H_NWAKE] = 0           # no sleepers here: the consumer polls
             bulk.publish(ctab, hub, wake, 0)
             st[0] += k
