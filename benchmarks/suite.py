@@ -69,6 +69,11 @@ from xdprx.kernel import bpfprog
 from xdprx.testing import XDPRX, VethPair  # noqa: E402
 
 PACED = 200_000     # pps offered to the poll-mode contenders for CPU per packet
+# target (a) compares two loops that both wait on CPU 0's kernel work, so its
+# runs spread with the VM's hour (0.70-1.35x in one report): its pair gets at
+# least this many reps, back to back, and the target is the median of the
+# paired ratios
+A_PAIR, A_REPS = ("A c_spin", "A xdprx"), 5
 GOALS = {"single_pps": 0.95, "single_cpu": 1.2, "inproc": {16: 8.0, 64: 20.0},
          "proc": {16: 4.0}, "latency_p99": 1.5}
 
@@ -150,6 +155,13 @@ def served(pair: VethPair, who: str, n: int, ctl_dir: str) -> lossfree.Served:
                            daemon=daemon)
 
 
+def a_pair(runs: dict[str, list[dict]]) -> dict | None:
+    """Target (a)'s paired ratios: xdprx / the C loop, run by run."""
+    v = [x["pps"] / y["pps"] for x, y in zip(runs[A_PAIR[1]], runs[A_PAIR[0]]) if y["pps"]]
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "ratios": v} \
+        if v else None
+
+
 def summarize(runs: dict[str, list[dict]]) -> dict:
     out = {}
     for name, rs in runs.items():
@@ -163,7 +175,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 def targets(s: dict, b: dict, ns: tuple[int, ...], pf: dict | None = None,
             cc: dict | None = None, mq: dict | None = None,
-            wf: dict | None = None) -> list[dict]:
+            wf: dict | None = None, ap: dict | None = None) -> list[dict]:
     """The project's targets, met or not and by how much, from this run."""
     def ratio(x, y) -> float | None:
         return x / y if x is not None and y else None
@@ -174,9 +186,10 @@ def targets(s: dict, b: dict, ns: tuple[int, ...], pf: dict | None = None,
     def lf(name: str):
         return b.get(name, {}).get("deliveries_per_s_median")
 
-    rows = [{"target": "xdprx single consumer >= 0.95x the C loop's packets/s (A, C loop spinning)",
-             "value": ratio(sat("A xdprx"), sat("A c_spin")), "goal": GOALS["single_pps"],
-             "higher_is_better": True},
+    rows = [{"target": "xdprx single consumer >= 0.95x the C loop's packets/s (A, C loop "
+                       "spinning; median of the paired runs' ratios)",
+             "value": (ap or {}).get("median"),
+             "goal": GOALS["single_pps"], "higher_is_better": True},
             {"target": f"xdprx CPU per packet within 1.2x of the C loop's, both in poll mode, "
                        f"{PACED // 1000} kpps offered (A)",
              "value": ratio(sat(f"A xdprx_poll@{PACED // 1000}k", "cpu_ns_median"),
@@ -286,6 +299,12 @@ def markdown(report: dict) -> str:
         cpu = f"{r['cpu_ns_median']:.1f}" if r["cpu_ns_median"] is not None else "n/a"
         lines.append(f"| {name} | {_fmt_m(r['median'])} | {r['min'] / 1e6:.3f}-"
                      f"{r['max'] / 1e6:.3f} M | {r['unit']} | {cpu} |")
+    ap = report.get("a_pair")
+    if ap:
+        lines += ["", f"Target (a), xdprx / c_spin run by run (the pair within each rep; "
+                      f"{len(ap['ratios'])} reps): "
+                      + ", ".join(f"{v:.2f}" for v in ap["ratios"])
+                      + f"; median {ap['median']:.2f}x."]
     lines += ["", f"## Placement B: highest rate with < 1 % loss, and per-batch latency at "
                   f"{report['latency_rate'] / 1e3:g} kpps", "",
               "Paced AF_PACKET generator; a delivery more than "
@@ -443,6 +462,12 @@ def run(quick: bool = False, out: str | None = None, reps: int | None = None,
                 cpu = r.get("cpu_ns_per_pkt")
                 print(f"rep {rep + 1} {name:14s} {r['pps'] / 1e6:7.3f} M/s"
                       + (f"  {cpu:7.1f} ns CPU" if cpu is not None else ""), flush=True)
+        for rep in range(reps, 1 if quick else max(reps, A_REPS)):
+            for name in A_PAIR:
+                kind, cmd = cs[name]
+                runs[name].append(one(pair, name, kind, cmd, seconds))
+                print(f"rep {rep + 1} {name:14s} {runs[name][-1]['pps'] / 1e6:7.3f} M/s",
+                      flush=True)
         for n in ns:
             for who in ("kernel", "xdprx", "xdprx-proc"):
                 name = f"B {who}/{n}"
@@ -481,7 +506,8 @@ def run(quick: bool = False, out: str | None = None, reps: int | None = None,
               "ns": list(ns), "wall_seconds": None, "summary": summarize(runs), "lossfree": lf,
               "runs": runs, "lossfree_runs": raw_b, "procfan": pf, "calls": cc, "queues": mq,
               "wakefloor": wf}
-    report["targets"] = targets(report["summary"], lf, ns, pf, cc, mq, wf)
+    report["a_pair"] = a_pair(runs)
+    report["targets"] = targets(report["summary"], lf, ns, pf, cc, mq, wf, report["a_pair"])
     report["plots"] = plots(report, outdir)
     report["wall_seconds"] = round(time.monotonic() - t0, 1)
     (outdir / "report.json").write_text(json.dumps(report, indent=2))
