@@ -1,6 +1,7 @@
 """`xdprx doctor`: the checks on a real veth in an xrx namespace, JSON, exit codes."""
 import json
 import os
+import re
 import sys
 
 from xdprx.service import doctor
@@ -11,7 +12,7 @@ from helpers import attach_foreign_xdp, xdp_attached
 XDPRX = [sys.executable, "-m", "xdprx.service.cli"]
 GROUP = "239.1.2.3:5000"
 SYSTEM = {"kernel", "AF_XDP", "BPF JIT", "bpffs", "privileges", "memlock", "libbpf", "libxdp",
-          "hugepages"}
+          "hugepages", "timers"}
 IFACE = {"interface", "driver", "native XDP", "zero-copy", "queues", "XDP program", "NUMA node",
          "IGMP/MLD", "rp_filter"}
 
@@ -44,6 +45,11 @@ def test_doctor_veth_json(pair):
     assert c["XDP program"] == {"name": "XDP program", "status": "ok", "detail": "none attached",
                                 "remedy": ""}
     assert c["NUMA node"]["detail"].startswith(("none", "unknown: /sys shows another"))
+    t = re.fullmatch(r"a 20 us timed sleep costs ([\d.]+) us of CPU: receive moderation "
+                     r"defaults to (\d+) us( \(timers are dear here.*\))?", c["timers"]["detail"])
+    assert t and c["timers"]["status"] == "info", c["timers"]
+    assert 20 <= int(t[2]) <= 100 and int(t[2]) % 10 == 0 and float(t[1]) > 0
+    assert (t[3] is None) == (int(t[2]) == 20) == (c["timers"]["remedy"] == "")
     # system checks only, without an interface
     r = pair.run("rx", XDPRX + ["doctor", "--json"])
     rep = json.loads(r.stdout)

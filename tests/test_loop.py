@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import xdprx
-from xdprx import loop
+from xdprx import bulk, loop, timers
 from xdprx.consumer import prepare
 from xdprx.service.control import request
 from xdprx.errors import ConfigError
@@ -392,8 +392,14 @@ def test_receive_moderation(pair, rx_usecs):
         naps = r["naps"]
         t = threading.Thread(target=rx.run, args=(record, new_state(16)), kwargs={"duration": 30})
         t.start()
+        got = int(rx.counters[bulk.S_PACKETS])
         with pair.inside("tx"):                 # two batches 50 ms apart: then a nap
             send(GROUP, 16, seed, 32, 64, 100000, pair.tx_if, 5)
+            # the first batch must be taken before the second is sent (the
+            # counters are read without asking the loop: stats() would)
+            deadline = time.monotonic() + 10
+            while rx.counters[bulk.S_PACKETS] < got + 16 and time.monotonic() < deadline:
+                time.sleep(0.001)
             time.sleep(0.05)
             send(GROUP, 16, seed, 32, 64, 100000, pair.tx_if, 5)
         time.sleep(0.2)
@@ -406,3 +412,39 @@ def test_receive_moderation(pair, rx_usecs):
     with pytest.raises(ConfigError, match="rx_usecs"):
         with pair.inside("rx"):
             xdprx.Receiver(pair.rx_if, [GROUP], rx_usecs=-1)
+
+
+def test_receive_moderation_default_is_measured(pair):
+    """Without rx_usecs the period is what this host's timed naps call for
+    (timers.py), the loop runs with it, and stats and describe() say so;
+    an explicit value wins. Every payload byte arrives."""
+    n, seed = 500, 52
+    want = expected_hashes(seed, n, 32, 64)
+    cost = timers.nap_cost_ns()
+    assert 0 < cost < 10**9
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP])
+    with rx:
+        assert rx.rx_usecs == timers.rx_usecs_for(cost) == timers.auto_rx_usecs()
+        assert rx._ctl[loop.K_RX_NS] == rx.rx_usecs * 1000
+        assert rx.stats()["moderation"] == {"rx_usecs": rx.rx_usecs, "auto": True,
+                                            "nap_cost_ns": cost}
+        assert f"receive moderation {rx.rx_usecs} us (a 20 us nap costs" in rx.describe()
+        state = new_state(n, stop=n)
+        sender = pair.popen("tx", send_cmd(GROUP, n, seed=seed, lo=32, hi=64, rate=20000))
+        assert rx.run(record, state, duration=60) == "handler"
+        assert sender.wait(timeout=30) == 0
+        check_hashes(state, want, n)
+    assert (rx.umem.pool.state == FREE).all()
+    with pair.inside("rx"):
+        rx = xdprx.Receiver(pair.rx_if, [GROUP], rx_usecs=7)
+    with rx:
+        assert rx.stats()["moderation"] == {"rx_usecs": 7, "auto": False, "nap_cost_ns": None}
+        assert "receive moderation 7 us;" in rx.describe() + ";"
+
+
+def test_rx_usecs_rule():
+    """A nap lasts NAP_SPAN x its cost, in tens of us, within [20, 100]."""
+    assert [timers.rx_usecs_for(c) for c in (0, 1_000, 5_000, 5_001, 13_700, 17_000,
+                                              24_999, 25_001, 10**9)] == \
+        [20, 20, 20, 30, 60, 70, 100, 100, 100]

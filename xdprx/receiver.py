@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from . import bulk, context, fanout, jit, loop
+from . import bulk, context, fanout, jit, loop, timers
 from .kernel import libc, napi, native
 from .batch import Batch
 from .kernel.bpfprog import XdpProgram
@@ -53,9 +53,6 @@ from .loop import TICK_DUE
 
 log = logging.getLogger("xdprx")
 MAX_GROUP_SLOTS = 4096      # the XDP program's subscriptions map (bpf/redirect.c)
-# receive moderation: while packets come less than 2 x this apart, the loop
-# takes them in batches this far apart (benchmarks: RESULTS.md, "rx_usecs")
-RX_USECS = 20
 
 
 class Receiver:
@@ -72,7 +69,7 @@ class Receiver:
                  mode: str = "auto", frames: int = 4096, frame_size: int = 2048,
                  headroom: int = 0, batch_size: int = 256, rx_size: int = 4096,
                  copy: str = "auto", join: bool = True, spin: int = 0,
-                 rx_usecs: int = RX_USECS, refill_min: int = 16, reserve: int | None = None,
+                 rx_usecs: int | None = None, refill_min: int = 16, reserve: int | None = None,
                  max_frames: int | None = None, hugepages: str = "auto",
                  cache: int | None = None, chunk: int | None = None,
                  spill_at: int | None = None, trim_after: float | None = 5.0,
@@ -107,6 +104,12 @@ class Receiver:
         if not 0 <= spin <= 1_000_000:
             raise ConfigError(f"spin {spin} us out of range", remedy="use 0 (off) .. 1000000")
         self.spin = spin
+        # receive moderation: while packets come less than 2 x rx_usecs apart,
+        # the loop takes them in batches rx_usecs apart; by default as long
+        # as this host's timed naps call for (timers.py)
+        self.rx_usecs_auto = rx_usecs is None
+        if rx_usecs is None:
+            rx_usecs = timers.auto_rx_usecs()
         if not 0 <= rx_usecs <= 10_000:
             raise ConfigError(f"rx_usecs {rx_usecs} out of range",
                               remedy="use 0 (a wake-up per packet) .. 10000")
@@ -174,7 +177,7 @@ class Receiver:
         shared UMEM, its own pool, consumer table, NUMA policy and loop."""
         q = cls.__new__(cls)
         for name in ("groups", "_removed", "ifname", "ifindex", "queues", "cpus", "batch_size",
-                     "spin", "rx_usecs", "napi_defer_us", "refill_min", "trim_after", "topology",
+                     "spin", "rx_usecs", "rx_usecs_auto", "napi_defer_us", "refill_min", "trim_after", "topology",
                      "numa_every", "_hub_args", "_numa_args", "_rx_size", "_copy", "prog", "umem", "mode"):
             setattr(q, name, getattr(first, name))
         q.queue, q.lane, q.lanes = first.queues[k], k, [q]
@@ -795,7 +798,9 @@ class Receiver:
         out = {"interface": self.ifname, "queue": self.queue, "queues": list(self.queues),
                "mode": self.mode, "zerocopy": self.zerocopy,
                "groups": [str(g) for g in self.live_groups()], "xdp": self.prog.counters(),
-               "numa": first["numa"]}
+               "numa": first["numa"],
+               "moderation": {"rx_usecs": self.rx_usecs, "auto": self.rx_usecs_auto,
+                              "nap_cost_ns": timers.nap_cost_ns() if self.rx_usecs_auto else None}}
         if len(per) == 1:
             out.update({k: first[k] for k in ("group_packets", "receiver", "xsk", "drops",
                                               "frames", "consumers")})
@@ -840,6 +845,9 @@ class Receiver:
                 f"(cap {self.umem.max_frames}) of {self.umem.frame_size} B"
                 f"{' per queue' if len(self.queues) > 1 else ''} on {self.umem.pages}, "
                 f"groups {', '.join(map(str, self.live_groups()))}; {self._numa_line()}"
+                + f"; receive moderation {self.rx_usecs} us"
+                + (f" (a {timers.PROBE_US} us nap costs {timers.nap_cost_ns() / 1e3:.1f} us of "
+                   "CPU here)" if self.rx_usecs_auto else "")
                 + (f"; NAPI deferral {self.napi_defer_us} us" if self.napi_defer_us else ""))
 
     def _numa_line(self) -> str:

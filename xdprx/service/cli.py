@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "shared core a spin steals the CPU from the work it waits for)")
     r.add_argument("--rx-usecs", type=int, default=None, metavar="US",
                    help="receive moderation, like a NIC's rx-usecs: while packets come less "
-                        "than 2 x US apart, take them in batches US apart (default 20; "
+                        "than 2 x US apart, take them in batches US apart (default: 4x what a "
+                        "timed nap costs on this host, 20-100, see `xdprx doctor`; "
                         "0: a wake-up per packet, the lowest latency)")
     r.add_argument("--napi-defer-us", type=int, default=None, metavar="US",
                    help="NAPI deferral on the interface while running (Linux 6.13+): the "

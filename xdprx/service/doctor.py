@@ -187,6 +187,20 @@ def check_hugepages() -> Check:
                   "(sysctl -w vm.nr_hugepages=N to change that)"))
 
 
+def check_timers() -> Check:
+    """What a short timed nap costs here, and the receive moderation it sets."""
+    from .. import timers
+    cost = timers.nap_cost_ns()
+    us = timers.rx_usecs_for(cost)
+    detail = (f"a {timers.PROBE_US} us timed sleep costs {cost / 1e3:.1f} us of CPU: receive "
+              f"moderation defaults to {us} us")
+    if us == timers.MIN_US:
+        return Check("timers", INFO, detail)
+    return Check("timers", INFO, detail + " (timers are dear here, as in a VM whose timer "
+                 "traps to the hypervisor: short naps would cost more than the wake-ups "
+                 "they save)", "--rx-usecs 0 for the lowest latency, at a wake-up per packet")
+
+
 # ---- the interface ----------------------------------------------------------
 def driver_info(ifname: str) -> tuple[str, str, str]:
     """(driver, version, bus) from the ETHTOOL_GDRVINFO ioctl, else sysfs."""
@@ -377,7 +391,7 @@ def run_checks(ifname: str | None = None, groups: list[str] | None = None) -> li
         from ..groups import Group
         Group.parse(g)
     checks = check_kernel() + [check_bpffs()] + check_privileges() + check_libraries() + \
-        [check_hugepages()]
+        [check_hugepages(), check_timers()]
     if ifname is not None:
         checks += check_interface(ifname, groups or [])
     return checks
