@@ -40,7 +40,7 @@ def one(n: int, rate: float, seconds: float, prod: int, mode: str) -> dict:
     if r.returncode:
         raise RuntimeError(f"wakefan {n} {mode} failed: {r.stderr.strip()}")
     d = json.loads(r.stdout)
-    d.update({k: v for k, v in percentiles(d.pop("hist")).items()})
+    d.update(percentiles(d.pop("hist")))
     return d
 
 

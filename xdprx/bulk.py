@@ -147,7 +147,6 @@ def settle(frames, i0, i1, full, u32, pool, shift):
     return back
 
 
-
 @inline
 def fan_out(ctab, sub_start, sub_cons, sub, frames, i0, i1, last_seq, hub, meta,
             refs_of, shift):

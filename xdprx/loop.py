@@ -61,11 +61,13 @@ from .ring import U32, cons_release, needs_wakeup
 
 # ---- control words of a loop (ctl) ---------------------------------------------
 (K_STOP, K_ATTN, K_DEADLINE, K_NUMA_NEXT, K_SPIN_NS, K_REFILL_MIN, K_SELF_REF, K_HELD,
- K_SHIFT, K_BATCH, K_RELEASES, K_GONE, K_RX_NS) = range(13)
+ K_SHIFT, K_BATCH, K_RELEASES, K_GONE, K_RX_NS, K_LAST_BATCH) = range(14)
 # K_HELD: entries/frames of the caller's current batch; consumers only:
 # K_SHIFT frame size log2, K_BATCH max batch,
 # K_RELEASES batches let go, K_GONE daemon gone; receive side: K_RX_NS
-# receive moderation (rx_nap)
+# receive moderation (rx_nap), K_LAST_BATCH when the loop last took a batch
+# (kept here, not in a local: a return to Python for a tick must not make
+# the next batch look like the first after a quiet spell)
 N_CTL = 16
 FOREVER = np.int64(1) << 62
 TICK_DUE = 1 << 40          # added to rx_recv's result: a tick is due
@@ -94,6 +96,7 @@ REPORT_EVERY = 64            # consumer batches between two getcpu() feedback re
 def new_ctl() -> np.ndarray:
     ctl = np.zeros(N_CTL, np.int64)
     ctl[K_DEADLINE] = FOREVER
+    ctl[K_LAST_BATCH] = -FOREVER
     ctl[K_NUMA_NEXT] = FOREVER
     return ctl
 
@@ -246,7 +249,6 @@ def rx_loop(ctx, umem_ro, handler, state):
     off, ln = a1(ctx, X.OUT_OFF, np.uint64), a1(ctx, X.OUT_LEN, np.uint32)
     seq, sub = a1(ctx, X.OUT_SEQ, np.uint64), a1(ctx, X.OUT_SUB, np.int32)
     rx_prod, rx_local = a1(ctx, X.RX_PROD, np.uint32), a1(ctx, X.RX_LOCAL, np.int64)
-    last = -FOREVER           # when the previous batch came
     while True:
         if load_relaxed(ctl[K_STOP:]) != 0:
             stats[bulk.S_RET_STOP] += 1
@@ -278,7 +280,8 @@ def rx_loop(ctx, umem_ro, handler, state):
         if got:
             # batches less than two moderation periods apart: the next one
             # is taken a period after this one, however many packets come
-            gap, last = now - last, now
+            gap = now - ctl[K_LAST_BATCH]
+            ctl[K_LAST_BATCH] = now
             if gap < 2 * ctl[K_RX_NS] and rx_nap(ctx, now, min(now + ctl[K_RX_NS], until)):
                 continue
         rx_sleep(ctx, now, until)

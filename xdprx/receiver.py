@@ -177,8 +177,9 @@ class Receiver:
         shared UMEM, its own pool, consumer table, NUMA policy and loop."""
         q = cls.__new__(cls)
         for name in ("groups", "_removed", "ifname", "ifindex", "queues", "cpus", "batch_size",
-                     "spin", "rx_usecs", "rx_usecs_auto", "napi_defer_us", "refill_min", "trim_after", "topology",
-                     "numa_every", "_hub_args", "_numa_args", "_rx_size", "_copy", "prog", "umem", "mode"):
+                     "spin", "rx_usecs", "rx_usecs_auto", "napi_defer_us", "refill_min",
+                     "trim_after", "topology", "numa_every", "_hub_args", "_numa_args", "_rx_size",
+                     "_copy", "prog", "umem", "mode"):
             setattr(q, name, getattr(first, name))
         q.queue, q.lane, q.lanes = first.queues[k], k, [q]
         q._closed = False
