@@ -4,9 +4,9 @@
 Receive moderation trades one timed nap for the wake-ups of the packets that
 arrive during it, so it pays only where a nap is cheap beside the nap's
 length. That depends on the host: on the Intel VM where rx_usecs was first
-measured, a 20 us nap was cheap and 20 us took the loop to 0.66-0.77x the C
-loop's CPU per packet at 200 kpps; on an AMD Firecracker VM, arming and
-firing the timer costs the sleeping thread 15-19 us of CPU (the timer's
+measured, 20 us naps paid off (0.66-0.77x the C loop's CPU per packet at
+200 kpps); on an AMD Firecracker VM, arming and firing the timer costs the
+sleeping thread 14-19 us of CPU (the timer's
 programming traps to the hypervisor), and 20 us naps cost more than the
 wake-ups they save (1.4-1.5x the C loop; 50 us: 0.95x; 100 us: 0.6x;
 benchmarks/RESULTS.md). So the default is measured: a nap lasts NAP_SPAN
